@@ -1,0 +1,220 @@
+"""LDAP connector (OpenLDAP and any LDAPv3 directory): simple bind, LDAPS or StartTLS, paged search.
+
+Every way a read can fail is turned into a `SourceUnavailable` (could not connect, authenticate, or
+get an answer in time) or a `SourceReadIncomplete` (the search was cut short), both naming the site and
+the URL. Neither lets a partial read through: `read_all` raises before its caller can treat the entries
+it has seen as the whole directory.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+
+import ldap3
+from ldap3.core import exceptions as ldap_errors
+from ldap3.core.results import RESULT_SIZE_LIMIT_EXCEEDED, RESULT_SUCCESS, RESULT_TIME_LIMIT_EXCEEDED
+
+from ..config import LdapConnection
+from ..errors import SourceReadIncomplete, SourceUnavailable
+from ..records import SourceRecord
+
+_CONNECT_ERRORS = (ldap_errors.LDAPSocketOpenError, ldap_errors.LDAPSocketSendError)
+_TIMEOUT_ERRORS = (ldap_errors.LDAPResponseTimeoutError, ldap_errors.LDAPSocketReceiveError)
+
+
+class LdapConnector:
+    def __init__(self, site: str, connection: LdapConnection, attributes: list[str]) -> None:
+        self.site = site
+        self.connection = connection
+        self.attributes = attributes
+        self._anchor = connection.anchor.lower()
+        self._current_url = connection.urls[0]
+
+    @property
+    def url(self) -> str:
+        return self._current_url
+
+    # -- connecting ---------------------------------------------------------------------------------
+
+    def _tls(self) -> ldap3.Tls:
+        options = self.connection.tls
+        return ldap3.Tls(
+            validate=ssl.CERT_REQUIRED if options.verify else ssl.CERT_NONE,
+            ca_certs_file=str(options.ca_file) if options.ca_file else None,
+            version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+
+    def _bind_password(self) -> str | None:
+        ref = self.connection.bind_password
+        if ref is None:
+            return None
+        try:
+            return ref.read()
+        except ValueError as exc:
+            raise SourceUnavailable(self.site, self.url, f"bind password: {exc}") from None
+
+    def _open(self) -> ldap3.Connection:
+        """A bound connection to the first URL that answers. Raises SourceUnavailable."""
+        password = self._bind_password()
+        last_error: SourceUnavailable | None = None
+        for url in self.connection.urls:
+            self._current_url = url
+            try:
+                return self._open_one(url, password)
+            except SourceUnavailable as exc:
+                last_error = exc
+                if "invalid credentials" in exc.problem:
+                    raise  # the next replica would refuse them too
+        assert last_error is not None
+        raise last_error
+
+    def _open_one(self, url: str, password: str | None) -> ldap3.Connection:
+        timeout = self.connection.timeout
+        server = ldap3.Server(url, connect_timeout=timeout, tls=self._tls(), get_info=ldap3.NONE)
+        conn = ldap3.Connection(
+            server,
+            user=self.connection.bind_dn,
+            password=password,
+            receive_timeout=timeout,
+            read_only=True,
+            raise_exceptions=False,
+            auto_referrals=False,
+        )
+        try:
+            conn.open()
+            if self.connection.tls.start_tls and not conn.start_tls():
+                raise SourceUnavailable(self.site, url, f"StartTLS refused: {conn.result.get('description')}")
+            if not conn.bind():
+                description = conn.result.get("description", "")
+                if description == "invalidCredentials":
+                    problem = f"bind as {self.connection.bind_dn} refused: invalid credentials"
+                else:
+                    problem = f"bind refused: {description} {conn.result.get('message', '')}".rstrip()
+                raise SourceUnavailable(self.site, url, problem)
+        except SourceUnavailable:
+            conn.unbind()
+            raise
+        except Exception as exc:
+            conn.unbind()
+            raise SourceUnavailable(self.site, url, _describe(exc, timeout)) from None
+        return conn
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def _pages(self, conn: ldap3.Connection, attributes: list[str]) -> Iterator[list[dict]]:
+        cookie: bytes | None = None
+        timeout = self.connection.timeout
+        while True:
+            try:
+                conn.search(
+                    self.connection.base_dn,
+                    self.connection.filter,
+                    search_scope=ldap3.SUBTREE,
+                    attributes=attributes,
+                    paged_size=self.connection.page_size,
+                    paged_cookie=cookie,
+                    time_limit=int(timeout),
+                )
+            except Exception as exc:
+                raise SourceReadIncomplete(
+                    self.site, self.url, f"search cut short: {_describe(exc, timeout)}"
+                ) from None
+            result = conn.result
+            code = result.get("result")
+            if code == RESULT_SIZE_LIMIT_EXCEEDED:
+                raise SourceReadIncomplete(
+                    self.site,
+                    self.url,
+                    "search cut short by the server's size limit (sizeLimitExceeded): "
+                    "raise the limit for the sync account (olcLimits size.prtotal, or AD MaxPageSize)",
+                )
+            if code == RESULT_TIME_LIMIT_EXCEEDED:
+                raise SourceReadIncomplete(self.site, self.url, "search cut short by the server's time limit")
+            if code == 32:  # noSuchObject
+                raise SourceUnavailable(
+                    self.site, self.url, f"base DN {self.connection.base_dn} does not exist"
+                )
+            if code != RESULT_SUCCESS:
+                raise SourceReadIncomplete(
+                    self.site,
+                    self.url,
+                    f"search failed: {result.get('description')} {result.get('message', '')}".rstrip(),
+                )
+            yield conn.response or []
+            controls = result.get("controls") or {}
+            cookie = controls.get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
+            if not cookie:
+                return
+
+    def read_all(self) -> Iterator[SourceRecord]:
+        conn = self._open()
+        try:
+            for page in self._pages(conn, self.attributes):
+                for entry in page:
+                    if entry.get("type") != "searchResEntry":
+                        continue  # referrals: not followed
+                    yield self._record(entry)
+        finally:
+            conn.unbind()
+
+    def _record(self, entry: dict) -> SourceRecord:
+        raw: dict[str, list[bytes]] = entry["raw_attributes"]
+        attributes = {name.lower(): [_decode(v) for v in values] for name, values in raw.items() if values}
+        dn = entry["dn"]
+        if self._anchor == "dn":
+            anchor = dn
+        else:
+            values = attributes.get(self._anchor)
+            if not values:
+                raise SourceReadIncomplete(
+                    self.site,
+                    self.url,
+                    f"entry {dn} has no {self.connection.anchor} (the anchor): "
+                    "check that the sync account may read it",
+                )
+            anchor = values[0]
+        return SourceRecord(site=self.site, anchor=anchor, dn=dn, attributes=attributes)
+
+    def count(self) -> int:
+        conn = self._open()
+        try:
+            return sum(
+                1 for page in self._pages(conn, ["1.1"]) for e in page if e.get("type") == "searchResEntry"
+            )
+        finally:
+            conn.unbind()
+
+
+def _decode(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.hex()
+
+
+def _describe(exc: Exception, timeout: float) -> str:
+    """One line for an ldap3 or socket failure, in the words an administrator would search for."""
+    text = str(exc)
+    if isinstance(exc, _TIMEOUT_ERRORS) or "timed out" in text or "timeout" in text.lower():
+        return f"no answer within {timeout:g} s (time-out)"
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return (
+            "TLS certificate verification failed: set connection.tls.ca_file "
+            "to the CA that signed the server's certificate"
+        )
+    if isinstance(exc, ldap_errors.LDAPStartTLSError):
+        return f"StartTLS failed: {text}"
+    if isinstance(exc, _CONNECT_ERRORS):
+        for known in (
+            "Connection refused",
+            "No route to host",
+            "Name or service not known",
+            "Network is unreachable",
+        ):
+            if known in text:
+                return f"cannot connect: {known.lower()}"
+        return f"cannot connect: {text}"
+    if isinstance(exc, ldap_errors.LDAPSessionTerminatedByServerError):
+        return "the server closed the connection"
+    return f"{type(exc).__name__}: {text}"

@@ -1,0 +1,150 @@
+"""Looking people up in the territorial directory (what `ght people` shows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from .errors import NotFound
+from .identifiers import normalize_rpps
+from .mapping import strip_accents
+from .store import Account, Affiliation, Person, Site
+
+
+@dataclass
+class PersonView:
+    person: Person
+    accounts: list[Account]
+    affiliations: list[tuple[Affiliation, Site | None]]
+
+    def as_dict(self) -> dict[str, Any]:
+        p = self.person
+        return {
+            "id": p.id,
+            "family_name": p.family_name,
+            "given_name": p.given_name,
+            "email": p.email,
+            "rpps": p.rpps,
+            "status": p.status,
+            "created_at": p.created_at.isoformat(),
+            "updated_at": p.updated_at.isoformat(),
+            "suspended_at": p.suspended_at.isoformat() if p.suspended_at else None,
+            "affiliations": [
+                {
+                    "site": a.site,
+                    "site_name": s.name if s else None,
+                    "finess": s.finess if s else None,
+                    "profession": a.profession,
+                    "department": a.department,
+                    "title": a.title,
+                    "employee_id": a.employee_id,
+                    "active": a.active,
+                    "started_at": a.started_at.isoformat(),
+                    "ended_at": a.ended_at.isoformat() if a.ended_at else None,
+                }
+                for a, s in self.affiliations
+            ],
+            "accounts": [
+                {"site": a.site, "login": a.login, "dn": a.dn, "anchor": a.anchor, "state": a.state}
+                for a in self.accounts
+            ],
+        }
+
+
+def _fold(text: str) -> str:
+    return strip_accents(text).lower()
+
+
+def search_people(
+    session: Session,
+    text: str | None = None,
+    *,
+    site: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+) -> list[PersonView]:
+    """People whose name, login, email, RPPS or territorial id contains `text` (accent- and case-blind)."""
+    query = select(Person).order_by(Person.family_name, Person.given_name, Person.id)
+    if status:
+        query = query.where(Person.status == status)
+    if site:
+        query = query.where(Person.id.in_(select(Affiliation.person_id).where(Affiliation.site == site)))
+    if text:
+        like = f"%{text.lower()}%"
+        conditions = [
+            func.lower(Person.family_name).like(like),
+            func.lower(Person.given_name).like(like),
+            func.lower(Person.family_name + " " + Person.given_name).like(like),
+            func.lower(Person.given_name + " " + Person.family_name).like(like),
+            func.lower(Person.email).like(like),
+            Person.id == text,
+            Person.id.in_(select(Account.person_id).where(func.lower(Account.login) == text.lower())),
+        ]
+        rpps = normalize_rpps(text) if text.isdigit() else None
+        if rpps:
+            conditions.append(Person.rpps == rpps)
+        query = query.where(or_(*conditions))
+        # SQL LIKE is accent-sensitive: fold accents on the Python side for the names.
+        people = list(session.execute(query).scalars())
+        if not people:
+            folded = _fold(text)
+            every = select(Person).order_by(Person.family_name, Person.given_name, Person.id)
+            if status:
+                every = every.where(Person.status == status)
+            people = [
+                p
+                for p in session.execute(every).scalars()
+                if folded
+                in _fold(f"{p.given_name or ''} {p.family_name} {p.family_name} {p.given_name or ''}")
+            ]
+        people = people[:limit]
+    else:
+        people = list(session.execute(query.limit(limit)).scalars())
+    return [_view(session, p) for p in people]
+
+
+def _view(session: Session, person: Person) -> PersonView:
+    accounts = list(
+        session.execute(
+            select(Account).where(Account.person_id == person.id).order_by(Account.site, Account.id)
+        ).scalars()
+    )
+    affiliations = [
+        (a, s)
+        for a, s in session.execute(
+            select(Affiliation, Site)
+            .join(Site, Site.code == Affiliation.site, isouter=True)
+            .where(Affiliation.person_id == person.id)
+            .order_by(Affiliation.site)
+        ).tuples()
+    ]
+    return PersonView(person, accounts, affiliations)
+
+
+def get_person(session: Session, key: str) -> PersonView:
+    """One person by territorial id, RPPS, a source login (`login` or `SITE\\login`), or email."""
+    person = session.get(Person, key)
+    if person is None:
+        site, _, login = key.rpartition("\\")
+        rpps = normalize_rpps(key) if key.isdigit() else None
+        candidates: list[Person] = []
+        if rpps:
+            candidates = list(session.execute(select(Person).where(Person.rpps == rpps)).scalars())
+        if not candidates:
+            accounts = select(Account.person_id).where(func.lower(Account.login) == login.lower())
+            if site:
+                accounts = accounts.where(Account.site == site)
+            candidates = list(session.execute(select(Person).where(Person.id.in_(accounts))).scalars())
+        if not candidates:
+            candidates = list(
+                session.execute(select(Person).where(func.lower(Person.email) == key.lower())).scalars()
+            )
+        if len(candidates) > 1:
+            raise NotFound(f"{key!r} matches {len(candidates)} people: use a territorial id or SITE\\login")
+        if not candidates:
+            raise NotFound(f"no person matches {key!r} (territorial id, RPPS, login, SITE\\login or email)")
+        person = candidates[0]
+    return _view(session, person)

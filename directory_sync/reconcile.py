@@ -1,0 +1,430 @@
+"""Reconciliation: from one site's mapped accounts to a plan, and from a plan to the directory.
+
+Planning reads the directory and changes nothing; a plan is a value that can be printed (dry run),
+tested and applied. Each account read from the source is in one *situation* (midPoint's words):
+
+- linked: its anchor is already linked to a person; the account is *updated* if it changed;
+- unlinked: a person is found for it (by a valid RPPS); it is *linked* to that person;
+- unmatched: no person is found; a person is *created*;
+- deleted: it was linked, and a source that was read completely no longer has it; it is *closed*.
+
+Applying a plan inserts and updates accounts, then recomputes the affiliations and people it touched
+from their accounts (so the directory is always derived the same way, whatever the order of events).
+A person with no active affiliation left is suspended, never deleted. Applying runs inside the caller's
+transaction: the caller commits once per site, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from .mapping import MappedAccount
+from .store import Account, AccountState, Affiliation, Person, PersonStatus, Site, new_person_id
+
+#: Person attributes, derived from the person's accounts.
+PERSON_FIELDS = ("family_name", "given_name", "email", "rpps")
+#: Affiliation attributes, derived from the person's accounts at that site.
+AFFILIATION_FIELDS = ("profession", "department", "title", "employee_id")
+_CHUNK = 500
+
+
+class ActionKind(enum.StrEnum):
+    CREATE = "create"  # unmatched: a new person with this account
+    LINK = "link"  # unlinked: the account joins an existing person
+    UPDATE = "update"  # linked: the account's values changed
+    CLOSE = "close"  # deleted: gone from a completely read source
+    REJECT = "reject"  # unusable record (no login, no family name, duplicate anchor)
+
+
+@dataclass(slots=True)
+class AccountAction:
+    kind: ActionKind
+    anchor: str
+    login: str
+    reason: str
+    person_id: str | None = None
+    account: MappedAccount | None = None
+    account_id: int | None = None
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.kind.value,
+            "anchor": self.anchor,
+            "login": self.login,
+            "person": self.person_id,
+            "reason": self.reason,
+            "changes": {k: {"from": old, "to": new} for k, (old, new) in self.changes.items()},
+        }
+
+
+@dataclass
+class SitePlan:
+    """What one full sync of one site would change."""
+
+    site: str
+    complete: bool
+    read: int = 0
+    unchanged: int = 0
+    actions: list[AccountAction] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def count(self, kind: ActionKind) -> int:
+        return sum(1 for a in self.actions if a.kind is kind)
+
+    def of(self, kind: ActionKind) -> Iterator[AccountAction]:
+        return (a for a in self.actions if a.kind is kind)
+
+
+@dataclass(slots=True)
+class _Known:
+    id: int
+    fingerprint: str
+    person_id: str
+    state: str
+
+
+class SitePlanner:
+    """Builds a `SitePlan` from the accounts of one site, streamed in as they are read."""
+
+    def __init__(self, session: Session, site: str) -> None:
+        self.session = session
+        self.plan = SitePlan(site=site, complete=False)
+        self._known: dict[str, _Known] = {
+            row.anchor: _Known(row.id, row.fingerprint, row.person_id, row.state)
+            for row in session.execute(
+                select(
+                    Account.id, Account.anchor, Account.fingerprint, Account.person_id, Account.state
+                ).where(Account.site == site)
+            )
+        }
+        self._people_by_rpps: dict[str, set[str]] = defaultdict(set)
+        for rpps, person_id in session.execute(
+            select(Person.rpps, Person.id).where(Person.rpps.is_not(None))
+        ):
+            self._people_by_rpps[rpps].add(person_id)
+        self._seen: set[str] = set()
+
+    def add(self, account: MappedAccount) -> None:
+        plan = self.plan
+        plan.read += 1
+        plan.warnings.extend(f"{account.dn}: {w}" for w in account.warnings)
+        if account.anchor in self._seen:
+            plan.actions.append(
+                AccountAction(
+                    ActionKind.REJECT, account.anchor, account.login, "the anchor appears twice in the source"
+                )
+            )
+            return
+        self._seen.add(account.anchor)
+        problem = _unusable(account)
+        if problem:
+            plan.actions.append(
+                AccountAction(
+                    ActionKind.REJECT, account.anchor, account.login[:64], f"{problem} ({account.dn[:200]})"
+                )
+            )
+            return
+        known = self._known.get(account.anchor)
+        if known is not None:
+            if known.fingerprint == account.fingerprint and known.state != AccountState.DELETED:
+                plan.unchanged += 1
+                return
+            reason = (
+                "reappeared in the source" if known.state == AccountState.DELETED else "changed in the source"
+            )
+            plan.actions.append(
+                AccountAction(
+                    ActionKind.UPDATE,
+                    account.anchor,
+                    account.login,
+                    reason,
+                    known.person_id,
+                    account,
+                    known.id,
+                )
+            )
+            return
+        rpps = account.get("rpps")
+        candidates = self._people_by_rpps.get(rpps, set()) if rpps else set()
+        if len(candidates) == 1:
+            (person_id,) = candidates
+            plan.actions.append(
+                AccountAction(
+                    ActionKind.LINK, account.anchor, account.login, f"same RPPS {rpps}", person_id, account
+                )
+            )
+            return
+        person_id = new_person_id()
+        reason = "no person with this RPPS" if rpps else "no national identifier to match on"
+        if len(candidates) > 1:
+            reason = f"RPPS {rpps} is held by {len(candidates)} people: not linked to any"
+        elif rpps:
+            self._people_by_rpps[rpps].add(person_id)
+        plan.actions.append(
+            AccountAction(ActionKind.CREATE, account.anchor, account.login, reason, person_id, account)
+        )
+
+    def finish(self, *, complete: bool) -> SitePlan:
+        """Close the accounts not seen, but only if the source was read completely."""
+        plan = self.plan
+        plan.complete = complete
+        if complete:
+            for anchor, known in self._known.items():
+                if anchor not in self._seen and known.state != AccountState.DELETED:
+                    plan.actions.append(
+                        AccountAction(
+                            ActionKind.CLOSE,
+                            anchor,
+                            "",
+                            "no longer in the source (read completely)",
+                            known.person_id,
+                            None,
+                            known.id,
+                        )
+                    )
+        self._describe_changes()
+        return plan
+
+    def _describe_changes(self) -> None:
+        """Fill in what each update and close changes (from -> to), for the plan's reader."""
+        actions = [a for a in self.plan.actions if a.kind in (ActionKind.UPDATE, ActionKind.CLOSE)]
+        for chunk in _chunks(actions, _CHUNK):
+            by_id = {a.account_id: a for a in chunk}
+            rows = self.session.execute(
+                select(Account.id, Account.login, Account.dn, Account.state, Account.attributes).where(
+                    Account.id.in_(list(by_id))
+                )
+            )
+            for row in rows:
+                action = by_id[row.id]
+                action.login = action.login or row.login
+                if action.account is None:
+                    action.changes["state"] = (row.state, AccountState.DELETED.value)
+                    continue
+                new = action.account
+                old_values: dict[str, str] = row.attributes or {}
+                for name in sorted(set(old_values) | set(new.values)):
+                    if old_values.get(name) != new.values.get(name):
+                        action.changes[name] = (old_values.get(name), new.values.get(name))
+                if row.dn != new.dn:
+                    action.changes["dn"] = (row.dn, new.dn)
+                state = _state(new)
+                if row.state != state:
+                    action.changes["state"] = (row.state, state)
+
+
+def _unusable(account: MappedAccount) -> str | None:
+    """Why an account cannot be stored, or None."""
+    for name in ("login", "family_name"):
+        if not account.get(name):
+            return f"no {name} after mapping"
+    if len(account.anchor) > 255:
+        return "anchor longer than 255 characters"
+    if len(account.login) > 255:
+        return "login longer than 255 characters"
+    return None
+
+
+def _state(account: MappedAccount) -> str:
+    return AccountState.ENABLED if account.enabled else AccountState.DISABLED
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --------------------------------------------------------------------------------------------------
+# Deriving people and affiliations from accounts (the same rule wherever a person is touched).
+
+
+@dataclass(slots=True)
+class _AccountView:
+    id: int
+    site: str
+    state: str
+    attributes: dict[str, str]
+    first_seen_at: datetime
+
+
+def _precedence(account: _AccountView) -> tuple[int, datetime, int]:
+    # Active accounts first, then the oldest: the site where the person was first known keeps
+    # authority on their names, so a new site does not rename anyone.
+    return (0 if account.state == AccountState.ENABLED else 1, account.first_seen_at, account.id)
+
+
+def derive_person(accounts: Iterable[_AccountView]) -> dict[str, str | None]:
+    ordered = sorted((a for a in accounts if a.state != AccountState.DELETED), key=_precedence)
+    if not ordered:
+        return {}
+    values: dict[str, str | None] = {}
+    for name in PERSON_FIELDS:
+        values[name] = next((a.attributes[name] for a in ordered if a.attributes.get(name)), None)
+    return values
+
+
+def derive_affiliation(accounts: Iterable[_AccountView]) -> dict[str, Any] | None:
+    ordered = sorted((a for a in accounts if a.state != AccountState.DELETED), key=_precedence)
+    if not ordered:
+        return None
+    values: dict[str, Any] = {name: ordered[0].attributes.get(name) for name in AFFILIATION_FIELDS}
+    values["active"] = ordered[0].state == AccountState.ENABLED
+    return values
+
+
+@dataclass
+class ApplyResult:
+    suspended: int = 0
+    reactivated: int = 0
+
+
+def apply_plan(session: Session, plan: SitePlan, site: Site, now: datetime) -> ApplyResult:
+    """Write `plan` into the directory, inside the caller's transaction."""
+    session.merge(site)
+    touched: set[str] = set()
+
+    creates = list(plan.of(ActionKind.CREATE))
+    for chunk in _chunks(creates, _CHUNK):
+        session.execute(
+            insert(Person),
+            [
+                {
+                    "id": a.person_id,
+                    "family_name": a.account.values["family_name"],  # type: ignore[union-attr]
+                    **{n: a.account.values.get(n) for n in PERSON_FIELDS if n != "family_name"},  # type: ignore[union-attr]
+                    "status": PersonStatus.ACTIVE,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for a in chunk
+            ],
+        )
+    new_accounts = creates + list(plan.of(ActionKind.LINK))
+    for chunk in _chunks(new_accounts, _CHUNK):
+        session.execute(
+            insert(Account), [_account_row(a, plan.site, now) | {"first_seen_at": now} for a in chunk]
+        )
+    touched.update(a.person_id for a in new_accounts if a.person_id)
+
+    updates = list(plan.of(ActionKind.UPDATE))
+    for chunk in _chunks(updates, _CHUNK):
+        session.execute(
+            update(Account),
+            [_account_row(a, plan.site, now) | {"id": a.account_id, "deleted_at": None} for a in chunk],
+        )
+    closes = list(plan.of(ActionKind.CLOSE))
+    for chunk in _chunks(closes, _CHUNK):
+        session.execute(
+            update(Account),
+            [
+                {"id": a.account_id, "state": AccountState.DELETED, "deleted_at": now, "last_changed_at": now}
+                for a in chunk
+            ],
+        )
+    touched.update(a.person_id for a in updates + closes if a.person_id)
+    return refresh_people(session, touched, now)
+
+
+def _account_row(action: AccountAction, site: str, now: datetime) -> dict[str, Any]:
+    account = action.account
+    assert account is not None
+    return {
+        "site": site,
+        "anchor": account.anchor,
+        "dn": account.dn,
+        "login": account.login,
+        "state": _state(account),
+        "person_id": action.person_id,
+        "attributes": dict(account.values),
+        "fingerprint": account.fingerprint,
+        "last_changed_at": now,
+    }
+
+
+def refresh_people(session: Session, person_ids: Iterable[str], now: datetime) -> ApplyResult:
+    """Recompute the affiliations and attributes of these people from their accounts."""
+    result = ApplyResult()
+    ids = sorted(person_ids)
+    for chunk in _chunks(ids, _CHUNK):
+        accounts: dict[str, list[_AccountView]] = defaultdict(list)
+        for row in session.execute(
+            select(
+                Account.id,
+                Account.person_id,
+                Account.site,
+                Account.state,
+                Account.attributes,
+                Account.first_seen_at,
+            ).where(Account.person_id.in_(chunk))
+        ):
+            accounts[row.person_id].append(
+                _AccountView(row.id, row.site, row.state, row.attributes or {}, row.first_seen_at)
+            )
+        affiliations = {
+            (row.person_id, row.site): row
+            for row in session.execute(select(Affiliation).where(Affiliation.person_id.in_(chunk))).scalars()
+        }
+        people = {p.id: p for p in session.execute(select(Person).where(Person.id.in_(chunk))).scalars()}
+        new_affiliations: list[dict[str, Any]] = []
+        for person_id in chunk:
+            by_site: dict[str, list[_AccountView]] = defaultdict(list)
+            for account in accounts[person_id]:
+                by_site[account.site].append(account)
+            any_active = False
+            for site_code, site_accounts in by_site.items():
+                wanted = derive_affiliation(site_accounts)
+                existing = affiliations.get((person_id, site_code))
+                if wanted is None:
+                    wanted = {"active": False}
+                any_active = any_active or wanted["active"]
+                if existing is None:
+                    new_affiliations.append(
+                        {
+                            "person_id": person_id,
+                            "site": site_code,
+                            "started_at": now,
+                            "ended_at": None if wanted["active"] else now,
+                            **wanted,
+                        }
+                    )
+                    continue
+                if existing.active and not wanted["active"]:
+                    existing.ended_at = now
+                elif wanted["active"] and not existing.active:
+                    existing.started_at, existing.ended_at = now, None
+                for name, value in wanted.items():
+                    if getattr(existing, name) != value:
+                        setattr(existing, name, value)
+            person = people[person_id]
+            wanted_person = derive_person(accounts[person_id])
+            changed = False
+            for name, value in wanted_person.items():
+                if name == "family_name" and not value:
+                    continue
+                if getattr(person, name) != value:
+                    setattr(person, name, value)
+                    changed = True
+            status = PersonStatus.ACTIVE if any_active else PersonStatus.SUSPENDED
+            if person.status == PersonStatus.ACTIVE and status == PersonStatus.SUSPENDED:
+                person.status, person.suspended_at = status, now
+                result.suspended += 1
+                changed = True
+            elif person.status != PersonStatus.ACTIVE and status == PersonStatus.ACTIVE:
+                person.status, person.suspended_at = status, None
+                result.reactivated += 1
+                changed = True
+            if changed:
+                person.updated_at = now
+        if new_affiliations:
+            session.execute(insert(Affiliation), new_affiliations)
+        session.flush()
+    return result

@@ -1,0 +1,30 @@
+"""The territorial directory (SQLModel on SQLite or PostgreSQL)."""
+
+from .database import Store, open_store
+from .models import (
+    Account,
+    AccountState,
+    Affiliation,
+    Person,
+    PersonStatus,
+    RunStatus,
+    Site,
+    SyncRun,
+    new_person_id,
+    utcnow,
+)
+
+__all__ = [
+    "Account",
+    "AccountState",
+    "Affiliation",
+    "Person",
+    "PersonStatus",
+    "RunStatus",
+    "Site",
+    "Store",
+    "SyncRun",
+    "new_person_id",
+    "open_store",
+    "utcnow",
+]

@@ -1,0 +1,124 @@
+"""Opening the territorial directory: an engine, sessions, and the schema kept by Alembic migrations.
+
+SQLite (a file, the default) and PostgreSQL (by URL, in production) behave the same. A new, empty
+database is created at the current schema; an existing one older than the code must be upgraded on
+purpose (`ght db upgrade`), never behind an operator's back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session
+
+from ..errors import StoreError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _normalise_url(url: str) -> str:
+    # "postgresql://" means psycopg 3 here: it is the driver we install.
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+class Store:
+    """The territorial directory behind one database URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = _normalise_url(url)
+        try:
+            self.engine = create_engine(self.url)
+        except (ArgumentError, ModuleNotFoundError) as exc:
+            raise StoreError(f"database URL {url!r} is not usable: {exc}") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    @property
+    def display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    # -- schema -------------------------------------------------------------------------------------
+
+    def head_revision(self) -> str | None:
+        return ScriptDirectory.from_config(_alembic_config(self.engine)).get_current_head()
+
+    def current_revision(self) -> str | None:
+        try:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        except OperationalError as exc:
+            raise StoreError(f"cannot open the database {self.display_url}: {exc.orig}") from None
+
+    def upgrade(self) -> tuple[str | None, str | None]:
+        """Bring the schema to the newest revision. Safe to run twice. Returns (before, after)."""
+        before = self.current_revision()
+        known = {
+            s.revision for s in ScriptDirectory.from_config(_alembic_config(self.engine)).walk_revisions()
+        }
+        if before is not None and before not in known:
+            raise StoreError(
+                f"the database is at schema revision {before}, which this version of ght does not know "
+                "(it was written by a newer version): refusing to touch it"
+            )
+        command.upgrade(_alembic_config(self.engine), "head")
+        return before, self.current_revision()
+
+    def ensure_schema(self) -> None:
+        """Create the schema in an empty database; refuse to run on an outdated one."""
+        current = self.current_revision()
+        head = self.head_revision()
+        if current == head:
+            return
+        if current is None:
+            with self.engine.connect() as conn:
+                tables = inspect(conn).get_table_names()
+            if tables and "alembic_version" not in tables:
+                raise StoreError(
+                    f"the database {self.display_url} already holds other tables "
+                    f"({', '.join(sorted(tables)[:3])}...): give ght a database of its own"
+                )
+            self.upgrade()
+            return
+        raise StoreError(
+            f"the database schema is at revision {current}, this version needs {head}: run `ght db upgrade`"
+        )
+
+
+def open_store(url: str, *, create: bool = True) -> Store:
+    """The store at `url`, with its schema checked (and created if the database is empty)."""
+    store = Store(url)
+    if create:
+        store.ensure_schema()
+    return store

@@ -1,0 +1,56 @@
+"""Shared fixtures: real slapd and PostgreSQL servers (the logic lives in tests/servers/)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# `tests.servers` must be importable however pytest is launched (`pytest` or `python -m pytest`).
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from tests.servers.postgres import PostgresServer, start_postgres  # noqa: E402
+from tests.servers.slapd import SlapdFactory, SlapdServer, Suffix, start_slapd  # noqa: E402
+
+
+@pytest.fixture
+def slapd_factory(tmp_path: Path) -> Iterator[SlapdFactory]:
+    """Start private slapd instances: ``slapd_factory([Suffix(...)], syncprov=..., ...)``.
+
+    Each instance gets its own directory under ``tmp_path``; all are stopped at teardown.
+    """
+    servers: list[SlapdServer] = []
+
+    def factory(suffixes: list[Suffix], **kwargs: Any) -> SlapdServer:
+        server = start_slapd(tmp_path / f"slapd{len(servers)}", suffixes, **kwargs)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One private PostgreSQL cluster for the whole run (started on first use only)."""
+    server = start_postgres(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLAlchemy URL of an empty database; tests using it run against both stores."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/ght.db"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url.rsplit("/", 1)[1])
