@@ -306,7 +306,7 @@ def sites_test(
 ) -> None:
     """Connect to each site's source, authenticate and count its accounts. Changes nothing."""
     settings = _settings(ctx)
-    results = []
+    results: list[dict[str, Any]] = []
     for mapping in check_sites(settings, site):
         connector = open_connector(mapping)
         try:

@@ -278,7 +278,7 @@ def _line_index(text: str) -> dict[tuple[Any, ...], int]:
     index: dict[tuple[Any, ...], int] = {}
 
     def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
-        index[path] = node.start_mark.line + 1
+        index.setdefault(path, node.start_mark.line + 1)  # a key's own line wins over its value's
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 key = key_node.value
@@ -315,6 +315,8 @@ def _validation_error(path: Path, exc: ValidationError, lines: Mapping[tuple[Any
     """The first problem of a pydantic error, as a ConfigError pointing at the line of the key."""
     error = exc.errors()[0]
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("ldap", "ldif")))
+    if error["type"] == "union_tag_invalid":
+        loc = (*loc, "kind")
     key = ".".join(str(p) for p in loc) or None
     line = None
     for n in range(len(loc), -1, -1):
@@ -490,7 +492,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         config_file = Path(DEFAULT_CONFIG_FILE)
     if config_file is not None and not config_file.exists():
         raise ConfigError(config_file, None, "configuration file not found")
-    settings_cls = Settings
+    settings_cls: type[Settings] = Settings
     if config_file is not None:
         config = SettingsConfigDict(**Settings.model_config)
         config["toml_file"] = config_file

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from .errors import NotFound
 from .identifiers import normalize_rpps
@@ -67,33 +68,37 @@ def search_people(
     limit: int = 50,
 ) -> list[PersonView]:
     """People whose name, login, email, RPPS or territorial id contains `text` (accent- and case-blind)."""
-    query = select(Person).order_by(Person.family_name, Person.given_name, Person.id)
+    query = select(Person).order_by(col(Person.family_name), col(Person.given_name), col(Person.id))
     if status:
-        query = query.where(Person.status == status)
+        query = query.where(col(Person.status) == status)
     if site:
-        query = query.where(Person.id.in_(select(Affiliation.person_id).where(Affiliation.site == site)))
+        query = query.where(
+            col(Person.id).in_(select(col(Affiliation.person_id)).where(col(Affiliation.site) == site))
+        )
     if text:
         like = f"%{text.lower()}%"
         conditions = [
-            func.lower(Person.family_name).like(like),
-            func.lower(Person.given_name).like(like),
-            func.lower(Person.family_name + " " + Person.given_name).like(like),
-            func.lower(Person.given_name + " " + Person.family_name).like(like),
-            func.lower(Person.email).like(like),
-            Person.id == text,
-            Person.id.in_(select(Account.person_id).where(func.lower(Account.login) == text.lower())),
+            func.lower(col(Person.family_name)).like(like),
+            func.lower(col(Person.given_name)).like(like),
+            func.lower(col(Person.family_name) + " " + col(Person.given_name)).like(like),
+            func.lower(col(Person.given_name) + " " + col(Person.family_name)).like(like),
+            func.lower(col(Person.email)).like(like),
+            col(Person.id) == text,
+            col(Person.id).in_(
+                select(col(Account.person_id)).where(func.lower(col(Account.login)) == text.lower())
+            ),
         ]
         rpps = normalize_rpps(text) if text.isdigit() else None
         if rpps:
-            conditions.append(Person.rpps == rpps)
+            conditions.append(col(Person.rpps) == rpps)
         query = query.where(or_(*conditions))
         # SQL LIKE is accent-sensitive: fold accents on the Python side for the names.
         people = list(session.execute(query).scalars())
         if not people:
             folded = _fold(text)
-            every = select(Person).order_by(Person.family_name, Person.given_name, Person.id)
+            every = select(Person).order_by(col(Person.family_name), col(Person.given_name), col(Person.id))
             if status:
-                every = every.where(Person.status == status)
+                every = every.where(col(Person.status) == status)
             people = [
                 p
                 for p in session.execute(every).scalars()
@@ -109,16 +114,18 @@ def search_people(
 def _view(session: Session, person: Person) -> PersonView:
     accounts = list(
         session.execute(
-            select(Account).where(Account.person_id == person.id).order_by(Account.site, Account.id)
+            select(Account)
+            .where(col(Account.person_id) == person.id)
+            .order_by(col(Account.site), col(Account.id))
         ).scalars()
     )
-    affiliations = [
+    affiliations: list[tuple[Affiliation, Site | None]] = [
         (a, s)
         for a, s in session.execute(
             select(Affiliation, Site)
-            .join(Site, Site.code == Affiliation.site, isouter=True)
-            .where(Affiliation.person_id == person.id)
-            .order_by(Affiliation.site)
+            .join(Site, col(Site.code) == col(Affiliation.site), isouter=True)
+            .where(col(Affiliation.person_id) == person.id)
+            .order_by(col(Affiliation.site))
         ).tuples()
     ]
     return PersonView(person, accounts, affiliations)
@@ -132,15 +139,15 @@ def get_person(session: Session, key: str) -> PersonView:
         rpps = normalize_rpps(key) if key.isdigit() else None
         candidates: list[Person] = []
         if rpps:
-            candidates = list(session.execute(select(Person).where(Person.rpps == rpps)).scalars())
+            candidates = list(session.execute(select(Person).where(col(Person.rpps) == rpps)).scalars())
         if not candidates:
-            accounts = select(Account.person_id).where(func.lower(Account.login) == login.lower())
+            accounts = select(col(Account.person_id)).where(func.lower(col(Account.login)) == login.lower())
             if site:
-                accounts = accounts.where(Account.site == site)
-            candidates = list(session.execute(select(Person).where(Person.id.in_(accounts))).scalars())
+                accounts = accounts.where(col(Account.site) == site)
+            candidates = list(session.execute(select(Person).where(col(Person.id).in_(accounts))).scalars())
         if not candidates:
             candidates = list(
-                session.execute(select(Person).where(func.lower(Person.email) == key.lower())).scalars()
+                session.execute(select(Person).where(func.lower(col(Person.email)) == key.lower())).scalars()
             )
         if len(candidates) > 1:
             raise NotFound(f"{key!r} matches {len(candidates)} people: use a territorial id or SITE\\login")

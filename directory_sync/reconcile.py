@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from .mapping import MappedAccount
 from .store import Account, AccountState, Affiliation, Person, PersonStatus, Site, new_person_id
@@ -102,15 +103,20 @@ class SitePlanner:
             row.anchor: _Known(row.id, row.fingerprint, row.person_id, row.state)
             for row in session.execute(
                 select(
-                    Account.id, Account.anchor, Account.fingerprint, Account.person_id, Account.state
-                ).where(Account.site == site)
+                    col(Account.id),
+                    col(Account.anchor),
+                    col(Account.fingerprint),
+                    col(Account.person_id),
+                    col(Account.state),
+                ).where(col(Account.site) == site)
             )
         }
         self._people_by_rpps: dict[str, set[str]] = defaultdict(set)
         for rpps, person_id in session.execute(
-            select(Person.rpps, Person.id).where(Person.rpps.is_not(None))
+            select(col(Person.rpps), col(Person.id)).where(col(Person.rpps).is_not(None))
         ):
-            self._people_by_rpps[rpps].add(person_id)
+            if rpps:
+                self._people_by_rpps[rpps].add(person_id)
         self._seen: set[str] = set()
 
     def add(self, account: MappedAccount) -> None:
@@ -200,9 +206,13 @@ class SitePlanner:
         for chunk in _chunks(actions, _CHUNK):
             by_id = {a.account_id: a for a in chunk}
             rows = self.session.execute(
-                select(Account.id, Account.login, Account.dn, Account.state, Account.attributes).where(
-                    Account.id.in_(list(by_id))
-                )
+                select(
+                    col(Account.id),
+                    col(Account.login),
+                    col(Account.dn),
+                    col(Account.state),
+                    col(Account.attributes),
+                ).where(col(Account.id).in_(list(by_id)))
             )
             for row in rows:
                 action = by_id[row.id]
@@ -299,8 +309,8 @@ def apply_plan(session: Session, plan: SitePlan, site: Site, now: datetime) -> A
             [
                 {
                     "id": a.person_id,
-                    "family_name": a.account.values["family_name"],  # type: ignore[union-attr]
-                    **{n: a.account.values.get(n) for n in PERSON_FIELDS if n != "family_name"},  # type: ignore[union-attr]
+                    "family_name": a.account.values["family_name"],
+                    **{n: a.account.values.get(n) for n in PERSON_FIELDS if n != "family_name"},
                     "status": PersonStatus.ACTIVE,
                     "created_at": now,
                     "updated_at": now,
@@ -358,22 +368,24 @@ def refresh_people(session: Session, person_ids: Iterable[str], now: datetime) -
         accounts: dict[str, list[_AccountView]] = defaultdict(list)
         for row in session.execute(
             select(
-                Account.id,
-                Account.person_id,
-                Account.site,
-                Account.state,
-                Account.attributes,
-                Account.first_seen_at,
-            ).where(Account.person_id.in_(chunk))
+                col(Account.id),
+                col(Account.person_id),
+                col(Account.site),
+                col(Account.state),
+                col(Account.attributes),
+                col(Account.first_seen_at),
+            ).where(col(Account.person_id).in_(chunk))
         ):
             accounts[row.person_id].append(
                 _AccountView(row.id, row.site, row.state, row.attributes or {}, row.first_seen_at)
             )
         affiliations = {
             (row.person_id, row.site): row
-            for row in session.execute(select(Affiliation).where(Affiliation.person_id.in_(chunk))).scalars()
+            for row in session.execute(
+                select(Affiliation).where(col(Affiliation.person_id).in_(chunk))
+            ).scalars()
         }
-        people = {p.id: p for p in session.execute(select(Person).where(Person.id.in_(chunk))).scalars()}
+        people = {p.id: p for p in session.execute(select(Person).where(col(Person.id).in_(chunk))).scalars()}
         new_affiliations: list[dict[str, Any]] = []
         for person_id in chunk:
             by_site: dict[str, list[_AccountView]] = defaultdict(list)

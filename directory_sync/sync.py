@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from .config import Settings, SiteMapping
 from .connectors import open_connector
@@ -169,7 +170,7 @@ def _start_run(store: Store, site: str) -> int:
         # A run still marked running was interrupted (killed, or the host went down): say so.
         session.execute(
             update(SyncRun)
-            .where(SyncRun.site == site, SyncRun.status == RunStatus.RUNNING)
+            .where(col(SyncRun.site) == site, col(SyncRun.status) == RunStatus.RUNNING)
             .values(status=RunStatus.FAILED, error="interrupted before it finished", finished_at=utcnow())
         )
         run = SyncRun(site=site, mode="full")
@@ -207,8 +208,8 @@ def last_runs(session: Session, sites: list[str]) -> dict[str, SyncRun | None]:
     for site in sites:
         runs[site] = session.execute(
             select(SyncRun)
-            .where(SyncRun.site == site)
-            .order_by(SyncRun.started_at.desc(), SyncRun.id.desc())
+            .where(col(SyncRun.site) == site)
+            .order_by(col(SyncRun.started_at).desc(), col(SyncRun.id).desc())
             .limit(1)
         ).scalar_one_or_none()
     return runs

@@ -8,6 +8,7 @@ it has seen as the whole directory.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Iterator
 
@@ -76,7 +77,7 @@ class LdapConnector:
             server,
             user=self.connection.bind_dn,
             password=password,
-            receive_timeout=timeout,
+            receive_timeout=max(1, round(timeout)),  # ldap3 packs it as a C long
             read_only=True,
             raise_exceptions=False,
             auto_referrals=False,
@@ -93,10 +94,10 @@ class LdapConnector:
                     problem = f"bind refused: {description} {conn.result.get('message', '')}".rstrip()
                 raise SourceUnavailable(self.site, url, problem)
         except SourceUnavailable:
-            conn.unbind()
+            _close(conn)
             raise
         except Exception as exc:
-            conn.unbind()
+            _close(conn)
             raise SourceUnavailable(self.site, url, _describe(exc, timeout)) from None
         return conn
 
@@ -156,7 +157,7 @@ class LdapConnector:
                         continue  # referrals: not followed
                     yield self._record(entry)
         finally:
-            conn.unbind()
+            _close(conn)
 
     def _record(self, entry: dict) -> SourceRecord:
         raw: dict[str, list[bytes]] = entry["raw_attributes"]
@@ -183,7 +184,13 @@ class LdapConnector:
                 1 for page in self._pages(conn, ["1.1"]) for e in page if e.get("type") == "searchResEntry"
             )
         finally:
-            conn.unbind()
+            _close(conn)
+
+
+def _close(conn: ldap3.Connection) -> None:
+    """Unbind, ignoring a socket that a failed TLS handshake or a dead server already broke."""
+    with contextlib.suppress(Exception):
+        conn.unbind()
 
 
 def _decode(value: bytes) -> str:

@@ -1,0 +1,38 @@
+# The two set-up commands of the README:
+#   make demo   install into .venv and run the whole slice on the bundled sample GHT (no server needed)
+#   make test   install what the tests need (Debian packages, Python packages), lint, type-check, test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Real servers the tests start themselves: OpenLDAP and PostgreSQL.
+APT_PACKAGES := slapd ldap-utils postgresql
+
+.PHONY: demo test lint system-packages benchmark
+
+$(BIN)/ght: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/ght
+	$(BIN)/ght demo
+
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+lint: $(BIN)/ght
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: system-packages lint
+	$(BIN)/pytest -q
+
+benchmark: system-packages $(BIN)/ght
+	$(BIN)/python benchmarks/sync_full.py
