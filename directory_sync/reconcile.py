@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from .mapping import MappedAccount
-from .store import Account, AccountState, Affiliation, Person, PersonStatus, Site, new_person_id
+from .store import Account, AccountState, Affiliation, Person, PersonStatus, Site, new_person_id, sa_table
 
 #: Person attributes, derived from the person's accounts.
 PERSON_FIELDS = ("family_name", "given_name", "email", "rpps")
@@ -297,51 +297,86 @@ class ApplyResult:
     reactivated: int = 0
 
 
+# Core tables: bulk statements go straight to executemany, without the ORM's unit of work.
+_PERSON = sa_table(Person)
+_ACCOUNT = sa_table(Account)
+_AFFILIATION = sa_table(Affiliation)
+
+
 def apply_plan(session: Session, plan: SitePlan, site: Site, now: datetime) -> ApplyResult:
     """Write `plan` into the directory, inside the caller's transaction."""
     session.merge(site)
-    touched: set[str] = set()
+    session.flush()
 
+    # Unmatched accounts: a new person each, whose data is derived from that one account.
     creates = list(plan.of(ActionKind.CREATE))
     for chunk in _chunks(creates, _CHUNK):
-        session.execute(
-            insert(Person),
-            [
+        people, affiliations = [], []
+        for action in chunk:
+            view = _view_of(action, now)
+            people.append(
                 {
-                    "id": a.person_id,
-                    "family_name": a.account.values["family_name"],
-                    **{n: a.account.values.get(n) for n in PERSON_FIELDS if n != "family_name"},
+                    "id": action.person_id,
+                    **derive_person([view]),
                     "status": PersonStatus.ACTIVE,
                     "created_at": now,
                     "updated_at": now,
+                    "suspended_at": None,
                 }
-                for a in chunk
-            ],
-        )
-    new_accounts = creates + list(plan.of(ActionKind.LINK))
-    for chunk in _chunks(new_accounts, _CHUNK):
+            )
+            wanted = derive_affiliation([view]) or {"active": False}
+            affiliations.append(
+                {
+                    "person_id": action.person_id,
+                    "site": plan.site,
+                    "started_at": now,
+                    "ended_at": None if wanted["active"] else now,
+                    **wanted,
+                }
+            )
+        session.execute(insert(_PERSON), people)
         session.execute(
-            insert(Account), [_account_row(a, plan.site, now) | {"first_seen_at": now} for a in chunk]
+            insert(_ACCOUNT), [_account_row(a, plan.site, now) | {"first_seen_at": now} for a in chunk]
         )
-    touched.update(a.person_id for a in new_accounts if a.person_id)
+        session.execute(insert(_AFFILIATION), affiliations)
 
+    # Linked, unlinked and deleted accounts change people who have other accounts: recompute them.
+    links = list(plan.of(ActionKind.LINK))
+    for chunk in _chunks(links, _CHUNK):
+        session.execute(
+            insert(_ACCOUNT), [_account_row(a, plan.site, now) | {"first_seen_at": now} for a in chunk]
+        )
     updates = list(plan.of(ActionKind.UPDATE))
     for chunk in _chunks(updates, _CHUNK):
         session.execute(
-            update(Account),
-            [_account_row(a, plan.site, now) | {"id": a.account_id, "deleted_at": None} for a in chunk],
+            update(_ACCOUNT).where(_ACCOUNT.c.id == bindparam("account_id")),
+            [
+                _account_row(a, plan.site, now) | {"account_id": a.account_id, "deleted_at": None}
+                for a in chunk
+            ],
         )
     closes = list(plan.of(ActionKind.CLOSE))
     for chunk in _chunks(closes, _CHUNK):
         session.execute(
-            update(Account),
+            update(_ACCOUNT).where(_ACCOUNT.c.id == bindparam("account_id")),
             [
-                {"id": a.account_id, "state": AccountState.DELETED, "deleted_at": now, "last_changed_at": now}
+                {
+                    "account_id": a.account_id,
+                    "state": AccountState.DELETED,
+                    "deleted_at": now,
+                    "last_changed_at": now,
+                }
                 for a in chunk
             ],
         )
-    touched.update(a.person_id for a in updates + closes if a.person_id)
+    touched = {a.person_id for a in links + updates + closes if a.person_id}
     return refresh_people(session, touched, now)
+
+
+def _view_of(action: AccountAction, now: datetime) -> _AccountView:
+    account = action.account
+    assert account is not None
+    return _AccountView(0, account.site, _state(account), dict(account.values), now)
 
 
 def _account_row(action: AccountAction, site: str, now: datetime) -> dict[str, Any]:
@@ -368,36 +403,34 @@ def refresh_people(session: Session, person_ids: Iterable[str], now: datetime) -
         accounts: dict[str, list[_AccountView]] = defaultdict(list)
         for row in session.execute(
             select(
-                col(Account.id),
-                col(Account.person_id),
-                col(Account.site),
-                col(Account.state),
-                col(Account.attributes),
-                col(Account.first_seen_at),
-            ).where(col(Account.person_id).in_(chunk))
+                _ACCOUNT.c.id,
+                _ACCOUNT.c.person_id,
+                _ACCOUNT.c.site,
+                _ACCOUNT.c.state,
+                _ACCOUNT.c.attributes,
+                _ACCOUNT.c.first_seen_at,
+            ).where(_ACCOUNT.c.person_id.in_(chunk))
         ):
             accounts[row.person_id].append(
                 _AccountView(row.id, row.site, row.state, row.attributes or {}, row.first_seen_at)
             )
         affiliations = {
             (row.person_id, row.site): row
-            for row in session.execute(
-                select(Affiliation).where(col(Affiliation.person_id).in_(chunk))
-            ).scalars()
+            for row in session.execute(select(_AFFILIATION).where(_AFFILIATION.c.person_id.in_(chunk)))
         }
-        people = {p.id: p for p in session.execute(select(Person).where(col(Person.id).in_(chunk))).scalars()}
+        people = {row.id: row for row in session.execute(select(_PERSON).where(_PERSON.c.id.in_(chunk)))}
         new_affiliations: list[dict[str, Any]] = []
+        changed_affiliations: list[dict[str, Any]] = []
+        changed_people: list[dict[str, Any]] = []
         for person_id in chunk:
             by_site: dict[str, list[_AccountView]] = defaultdict(list)
             for account in accounts[person_id]:
                 by_site[account.site].append(account)
             any_active = False
             for site_code, site_accounts in by_site.items():
-                wanted = derive_affiliation(site_accounts)
-                existing = affiliations.get((person_id, site_code))
-                if wanted is None:
-                    wanted = {"active": False}
+                wanted = derive_affiliation(site_accounts) or {"active": False}
                 any_active = any_active or wanted["active"]
+                existing = affiliations.get((person_id, site_code))
                 if existing is None:
                     new_affiliations.append(
                         {
@@ -410,33 +443,48 @@ def refresh_people(session: Session, person_ids: Iterable[str], now: datetime) -
                     )
                     continue
                 if existing.active and not wanted["active"]:
-                    existing.ended_at = now
+                    wanted["ended_at"] = now
                 elif wanted["active"] and not existing.active:
-                    existing.started_at, existing.ended_at = now, None
-                for name, value in wanted.items():
-                    if getattr(existing, name) != value:
-                        setattr(existing, name, value)
+                    wanted["started_at"], wanted["ended_at"] = now, None
+                changes = {k: v for k, v in wanted.items() if getattr(existing, k) != v}
+                if changes:
+                    changed_affiliations.append(
+                        {"affiliation_id": existing.id, **_full(existing, changes, _AFFILIATION_COLUMNS)}
+                    )
             person = people[person_id]
-            wanted_person = derive_person(accounts[person_id])
-            changed = False
-            for name, value in wanted_person.items():
-                if name == "family_name" and not value:
-                    continue
-                if getattr(person, name) != value:
-                    setattr(person, name, value)
-                    changed = True
+            changes = {
+                name: value
+                for name, value in derive_person(accounts[person_id]).items()
+                if getattr(person, name) != value and not (name == "family_name" and not value)
+            }
             status = PersonStatus.ACTIVE if any_active else PersonStatus.SUSPENDED
             if person.status == PersonStatus.ACTIVE and status == PersonStatus.SUSPENDED:
-                person.status, person.suspended_at = status, now
+                changes.update(status=status, suspended_at=now)
                 result.suspended += 1
-                changed = True
             elif person.status != PersonStatus.ACTIVE and status == PersonStatus.ACTIVE:
-                person.status, person.suspended_at = status, None
+                changes.update(status=status, suspended_at=None)
                 result.reactivated += 1
-                changed = True
-            if changed:
-                person.updated_at = now
+            if changes:
+                changed_people.append(
+                    {"person_id": person_id, **_full(person, changes, _PERSON_COLUMNS), "updated_at": now}
+                )
         if new_affiliations:
-            session.execute(insert(Affiliation), new_affiliations)
-        session.flush()
+            session.execute(insert(_AFFILIATION), new_affiliations)
+        if changed_affiliations:
+            session.execute(
+                update(_AFFILIATION).where(_AFFILIATION.c.id == bindparam("affiliation_id")),
+                changed_affiliations,
+            )
+        if changed_people:
+            session.execute(update(_PERSON).where(_PERSON.c.id == bindparam("person_id")), changed_people)
     return result
+
+
+_PERSON_COLUMNS = (*PERSON_FIELDS, "status", "suspended_at")
+_AFFILIATION_COLUMNS = (*AFFILIATION_FIELDS, "active", "started_at", "ended_at")
+
+
+def _full(row: Any, changes: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
+    """Every updatable column of `row`, with `changes` applied: executemany needs the same keys in
+    every parameter set."""
+    return {name: changes.get(name, getattr(row, name)) for name in columns}

@@ -11,6 +11,7 @@ from .models import (
     Site,
     SyncRun,
     new_person_id,
+    sa_table,
     utcnow,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "SyncRun",
     "new_person_id",
     "open_store",
+    "sa_table",
     "utcnow",
 ]

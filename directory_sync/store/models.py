@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -22,6 +22,13 @@ def utcnow() -> datetime:
 def new_person_id() -> str:
     """A stable, opaque territorial id (it becomes the OIDC `sub` and the Entra employeeId)."""
     return uuid.uuid4().hex
+
+
+def sa_table(model: type[SQLModel]) -> Table:
+    """The Core table of a model, for bulk statements that skip the ORM's unit of work."""
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table
 
 
 def _when(nullable: bool = True) -> Any:

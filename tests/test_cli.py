@@ -1,0 +1,148 @@
+"""`ght` as IT staff run it: a real process, its output, its exit code, its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.hospitals import person, rpps, suffix_ldif, write_config, write_site
+
+DOCTOR_RPPS = rpps(7)
+
+
+def ght(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script's code (`cli.main`) in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-c", "import cli; cli.main()", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})},
+        timeout=120,
+    )
+
+
+def ok_json(*args: str, cwd: Path) -> Any:
+    done = ght(*args, "--json", cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """Two hospitals handing over LDIF exports, and a ght.toml on a SQLite file."""
+    exports = {
+        "ch-orange": [
+            person("dc=ch-orange,dc=fr", "hlefevre", "LEFÈVRE", "Hélène", rpps=DOCTOR_RPPS, title="Médecin"),
+            person("dc=ch-orange,dc=fr", "pgarcia", "Garcia", "Paul", title="Infirmier"),
+        ],
+        "ch-valreas": [
+            person(
+                "dc=ch-valreas,dc=fr",
+                "helene.lefevre",
+                "Lefevre",
+                "Helene",
+                rpps=DOCTOR_RPPS,
+                title="Médecin",
+            ),
+        ],
+    }
+    for code, entries in exports.items():
+        suffix = f"dc={code},dc=fr"
+        export = suffix_ldif(tmp_path / f"{code}.ldif", suffix, entries)
+        # slapadd would add entryUUID; an export carries it: use the DN as the anchor instead.
+        write_site(tmp_path, code, {"kind": "ldif", "path": str(export), "anchor": "dn"})
+    write_config(tmp_path, list(exports), "sqlite:///ght.db")
+    return tmp_path
+
+
+def test_sync_run_then_people_commands(workdir: Path) -> None:
+    first = ok_json("sync", "run", cwd=workdir)
+    assert [(s["site"], s["status"], s["created"], s["linked"]) for s in first["sites"]] == [
+        ("ch-orange", "succeeded", 2, 0),
+        ("ch-valreas", "succeeded", 0, 1),
+    ]
+    second = ok_json("sync", "run", cwd=workdir)
+    assert [s["unchanged"] for s in second["sites"]] == [2, 1]
+
+    (doctor,) = ok_json("people", "list", "helene", cwd=workdir)  # accents and case do not matter
+    assert (doctor["family_name"], doctor["rpps"]) == ("Lefèvre", DOCTOR_RPPS)
+    assert sorted(a["site"] for a in doctor["affiliations"]) == ["ch-orange", "ch-valreas"]
+    assert ok_json("people", "show", "ch-valreas\\helene.lefevre", cwd=workdir)["id"] == doctor["id"]
+    assert ok_json("people", "show", DOCTOR_RPPS, cwd=workdir)["id"] == doctor["id"]
+    assert [p["given_name"] for p in ok_json("people", "list", "--site", "ch-orange", cwd=workdir)] == [
+        "Paul",
+        "Hélène",
+    ]
+
+    table = ght("people", "list", cwd=workdir)
+    assert table.returncode == 0 and "Lefèvre Hélène" in table.stdout and "2 people" in table.stdout
+    status = ok_json("sync", "status", cwd=workdir)
+    assert [(r["site"], r["status"], r["unchanged"]) for r in status] == [
+        ("ch-orange", "succeeded", 2),
+        ("ch-valreas", "succeeded", 1),
+    ]
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(workdir: Path) -> None:
+    plan = ok_json("sync", "run", "--dry-run", cwd=workdir)
+    actions = plan["sites"][0]["actions"]
+    assert {(a["action"], a["login"]) for a in actions} == {("create", "hlefevre"), ("create", "pgarcia")}
+    assert all(a["reason"] for a in actions)
+    assert ok_json("people", "list", cwd=workdir) == []
+
+
+def test_sites_list_and_test(workdir: Path) -> None:
+    sites = ok_json("sites", "list", cwd=workdir)
+    assert [(s["site"], s["kind"], s["finess"]) for s in sites] == [
+        ("ch-orange", "ldif", "840000087"),
+        ("ch-valreas", "ldif", "840000087"),
+    ]
+    assert [(r["site"], r["ok"], r["accounts"]) for r in ok_json("sites", "test", cwd=workdir)] == [
+        ("ch-orange", True, 2),
+        ("ch-valreas", True, 1),
+    ]
+
+
+def test_a_failing_site_exits_1_with_one_line_naming_site_and_url(workdir: Path) -> None:
+    (workdir / "ch-valreas.ldif").unlink()
+    done = ght("sync", "run", cwd=workdir)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: site ch-valreas (file://{workdir}/ch-valreas.ldif): cannot open the export: "
+        "No such file or directory"
+    ]
+    # The other site went on.
+    assert len(ok_json("people", "list", cwd=workdir)) == 2
+    tested = ght("sites", "test", "--json", cwd=workdir)
+    assert tested.returncode == 1
+    assert [r["ok"] for r in json.loads(tested.stdout)] == [True, False]
+
+
+def test_a_wrong_config_exits_2_before_anything_runs(workdir: Path) -> None:
+    mapping = workdir / "mappings" / "ch-valreas.yaml"
+    mapping.write_text(mapping.read_text().replace("finess: '840000087'", "finess: '84'"))
+    done = ght("sync", "run", cwd=workdir)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: mappings/ch-valreas.yaml:3: site.finess: "
+        "expected a 9-character FINESS number (digits, or 2A/2B then 7 digits)"
+    ]
+    # Nothing ran, not even the valid site.
+    assert ok_json("people", "list", cwd=workdir) == []
+
+
+def test_unknown_person_is_one_line(workdir: Path) -> None:
+    done = ght("people", "show", "nobody", cwd=workdir)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "error: no person matches 'nobody' (territorial id, RPPS, login, SITE\\login or email)"
+    )
