@@ -510,5 +510,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         base = config_file.parent
         settings.config_file = config_file
         if not settings.mappings_dir.is_absolute() and "GHT_MAPPINGS_DIR" not in os.environ:
-            settings.mappings_dir = base / settings.mappings_dir
+            settings.mappings_dir = (base / settings.mappings_dir).resolve()
     return settings

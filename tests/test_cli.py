@@ -146,3 +146,30 @@ def test_unknown_person_is_one_line(workdir: Path) -> None:
     assert done.stderr.strip() == (
         "error: no person matches 'nobody' (territorial id, RPPS, login, SITE\\login or email)"
     )
+
+
+def test_the_demo_runs_on_the_bundled_sample_and_a_second_run_changes_nothing(tmp_path: Path) -> None:
+    first = ght("demo", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "Jean-Baptiste Roumanille RPPS 10100345718: ch-avignon" in first.stdout
+    assert (tmp_path / "ght-demo.db").exists()
+    second = ght("demo", cwd=tmp_path)
+    assert second.returncode == 0
+    env = {
+        "GHT_CONFIG": str(Path(__file__).resolve().parents[1] / "deploy/demo/ght.toml"),
+        "GHT_DATABASE_URL": "sqlite:///ght-demo.db",
+    }
+    runs = json.loads(ght("sync", "status", "--json", cwd=tmp_path, env=env).stdout)
+    assert [(r["site"], r["created"], r["linked"], r["updated"]) for r in runs] == [
+        ("ch-avignon", 0, 0, 0),
+        ("ch-cavaillon", 0, 0, 0),
+        ("ch-carpentras", 0, 0, 0),
+    ]
+    assert sum(r["unchanged"] for r in runs) == 50
+    doctor = json.loads(ght("people", "show", "10100345718", "--json", cwd=tmp_path, env=env).stdout)
+    assert sorted(a["site"] for a in doctor["affiliations"] if a["active"]) == [
+        "ch-avignon",
+        "ch-carpentras",
+        "ch-cavaillon",
+    ]
+    assert {a["profession"] for a in doctor["affiliations"]} == {"10"}
