@@ -84,6 +84,7 @@ class MappedAccount:
     dn: str
     enabled: bool
     values: Mapping[str, str]
+    deleted: bool = False
     warnings: tuple[str, ...] = ()
     fingerprint: str = field(default="", compare=False)
 
@@ -162,6 +163,7 @@ class Mapper:
             dn=record.dn,
             enabled=record.enabled and not record.deleted,
             values=values,
+            deleted=record.deleted,
             warnings=tuple(warnings),
             fingerprint=fingerprint,
         )

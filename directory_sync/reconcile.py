@@ -122,6 +122,9 @@ class SitePlanner:
     def add(self, account: MappedAccount) -> None:
         plan = self.plan
         plan.read += 1
+        if account.deleted:
+            self._deleted(account)
+            return
         plan.warnings.extend(f"{account.dn}: {w}" for w in account.warnings)
         if account.anchor in self._seen:
             plan.actions.append(
@@ -179,8 +182,24 @@ class SitePlanner:
             AccountAction(ActionKind.CREATE, account.anchor, account.login, reason, person_id, account)
         )
 
+    def _deleted(self, account: MappedAccount) -> None:
+        """A deletion reported by the source itself (AD tombstone, syncrepl delete notice)."""
+        self._seen.add(account.anchor)
+        known = self._known.get(account.anchor)
+        if known is None or known.state == AccountState.DELETED:
+            self.plan.unchanged += 1
+            return
+        self.plan.actions.append(
+            AccountAction(
+                ActionKind.CLOSE, account.anchor, "", "deleted in the source", known.person_id, None, known.id
+            )
+        )
+
     def finish(self, *, complete: bool) -> SitePlan:
-        """Close the accounts not seen, but only if the source was read completely."""
+        """Close the accounts not seen, but only if the source was read completely.
+
+        A delta read (only what changed) is not complete: it closes only the deletions it reports.
+        """
         plan = self.plan
         plan.complete = complete
         if complete:

@@ -133,7 +133,7 @@ def test_a_wrong_config_exits_2_before_anything_runs(workdir: Path) -> None:
     done = ght("sync", "run", cwd=workdir)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "error: mappings/ch-valreas.yaml:3: site.finess: "
+        f"error: {mapping}:3: site.finess: "
         "expected a 9-character FINESS number (digits, or 2A/2B then 7 digits)"
     ]
     # Nothing ran, not even the valid site.

@@ -72,14 +72,17 @@ class Store:
     # -- schema -------------------------------------------------------------------------------------
 
     def head_revision(self) -> str | None:
-        return ScriptDirectory.from_config(_alembic_config(self.engine)).get_current_head()
+        """The newest schema revision(s) this version knows, comma-separated if branches exist."""
+        heads = ScriptDirectory.from_config(_alembic_config(self.engine)).get_heads()
+        return ",".join(sorted(heads)) or None
 
     def current_revision(self) -> str | None:
         try:
             with self.engine.connect() as conn:
-                return MigrationContext.configure(conn).get_current_revision()
+                heads = MigrationContext.configure(conn).get_current_heads()
         except OperationalError as exc:
             raise StoreError(f"cannot open the database {self.display_url}: {exc.orig}") from None
+        return ",".join(sorted(heads)) or None
 
     def upgrade(self) -> tuple[str | None, str | None]:
         """Bring the schema to the newest revision. Safe to run twice. Returns (before, after)."""
@@ -92,7 +95,7 @@ class Store:
                 f"the database is at schema revision {before}, which this version of ght does not know "
                 "(it was written by a newer version): refusing to touch it"
             )
-        command.upgrade(_alembic_config(self.engine), "head")
+        command.upgrade(_alembic_config(self.engine), "heads")
         return before, self.current_revision()
 
     def ensure_schema(self) -> None:
