@@ -81,7 +81,9 @@ class LdapConnector:
             read_only=True,
             raise_exceptions=False,
             auto_referrals=False,
+            return_empty_attributes=False,
         )
+        _decode_entries_lean(conn)
         try:
             conn.open()
             if self.connection.tls.start_tls and not conn.start_tls():
@@ -160,8 +162,7 @@ class LdapConnector:
             _close(conn)
 
     def _record(self, entry: dict) -> SourceRecord:
-        raw: dict[str, list[bytes]] = entry["raw_attributes"]
-        attributes = {name.lower(): [_decode(v) for v in values] for name, values in raw.items() if values}
+        attributes: dict[str, list[str]] = entry["attributes"]
         dn = entry["dn"]
         if self._anchor == "dn":
             anchor = dn
@@ -187,6 +188,38 @@ class LdapConnector:
             _close(conn)
 
 
+def _decode_entries_lean(conn: ldap3.Connection) -> None:
+    """Make this connection decode search entries straight into {lower-case name: [str]}.
+
+    ldap3 builds every entry twice, as raw bytes and again through its schema formatters (a
+    case-insensitive dict and configuration look-ups per value); the connector needs the values
+    once, as text. On a 30,000-entry read that second pass was a quarter of the time. The override
+    is on this connection's strategy object only; other messages keep ldap3's own decoding.
+    """
+    strategy = conn.strategy
+    standard = strategy.decode_response_fast
+
+    def decode(ldap_message: dict) -> dict:
+        if ldap_message["protocolOp"] != 4:  # not a searchResEntry
+            return standard(ldap_message)
+        payload = ldap_message["payload"]
+        attributes: dict[str, list[str]] = {}
+        for attribute in payload[1][3]:
+            values = attribute[3][1][3]
+            if values:
+                name = bytes(attribute[3][0][3]).decode("ascii").lower()
+                attributes[name] = [_decode(v[3]) for v in values]
+        # ldap3's own post-processing (ranged retrieval) looks for both keys: give it the one dict.
+        return {
+            "type": "searchResEntry",
+            "dn": _decode(payload[0][3]),
+            "attributes": attributes,
+            "raw_attributes": attributes,
+        }
+
+    strategy.decode_response_fast = decode
+
+
 def _close(conn: ldap3.Connection) -> None:
     """Unbind, ignoring a socket that a failed TLS handshake or a dead server already broke."""
     with contextlib.suppress(Exception):
@@ -194,10 +227,11 @@ def _close(conn: ldap3.Connection) -> None:
 
 
 def _decode(value: bytes) -> str:
+    """UTF-8 text; binary values (a GUID, a SID, a photo) as hex, never mangled."""
     try:
-        return value.decode("utf-8")
+        return bytes(value).decode("utf-8")
     except UnicodeDecodeError:
-        return value.hex()
+        return bytes(value).hex()
 
 
 def _describe(exc: Exception, timeout: float) -> str:
