@@ -95,7 +95,9 @@ def ght_sync(config: Path) -> tuple[dict, float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--sites", type=int, default=10)
     parser.add_argument("--page-size", type=int, default=500)
@@ -112,7 +114,9 @@ def main() -> None:
             ght.write_ldif(spec.code, path)
             suffixes.append(Suffix(spec.suffix, path))
         server = start_slapd(work / "slapd", suffixes)
-        print(f"set-up: generated and loaded {ght.account_count:,} accounts in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"set-up: generated and loaded {ght.account_count:,} accounts in {time.perf_counter() - t0:.1f} s"
+        )
         try:
             os.environ[PASSWORD_ENV] = server.reader_password
 
@@ -128,7 +132,9 @@ def main() -> None:
 
             mappings = ght.write_mappings(work / "mappings", connection_for)
             (work / "mappings" / "codes").mkdir(exist_ok=True)
-            (work / "mappings" / "codes" / "g15.yaml").write_text((ROOT / "mappings/codes/g15.yaml").read_text())
+            (work / "mappings" / "codes" / "g15.yaml").write_text(
+                (ROOT / "mappings/codes/g15.yaml").read_text()
+            )
             config = work / "ght.toml"
             config.write_text(
                 f'database_url = "sqlite:///{work}/bench.db"\nmappings_dir = "mappings"\n'
@@ -138,7 +144,7 @@ def main() -> None:
             raw_count, raw_seconds = raw_read(server, mappings)
             first, first_seconds, peak = ght_sync(config)
             second, second_seconds, _ = ght_sync(config)
-            raw_count_after, raw_seconds_after = raw_read(server, mappings)
+            _, raw_seconds_after = raw_read(server, mappings)
         finally:
             server.stop()
 
@@ -152,11 +158,18 @@ def main() -> None:
         with sqlite3.connect(work / "bench.db") as db:
             people = db.execute("select count(*) from person").fetchone()[0]
             multi = db.execute(
-                "select count(*) from (select person_id from affiliation group by person_id having count(*) > 1)"
+                "select count(*) from "
+                "(select person_id from affiliation group by person_id having count(*) > 1)"
             ).fetchone()[0]
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     print(
         yaml.safe_dump(
             {
