@@ -5,9 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Real servers the tests start themselves: OpenLDAP and PostgreSQL.
-APT_PACKAGES := slapd ldap-utils postgresql
+APT_PACKAGES := slapd ldap-utils postgresql chromium
+# ...and Samba Active Directory domain controllers (tests/servers/samba.py; they need root).
+APT_PACKAGES += samba-ad-dc samba samba-ad-provision samba-dsdb-modules samba-vfs-modules winbind ldb-tools smbclient
 
-.PHONY: demo test lint system-packages benchmark
+.PHONY: demo test lint system-packages node-packages benchmark
 
 $(BIN)/ght: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +28,20 @@ system-packages:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The gateway's independent OIDC peers (npm openid-client, oidc-provider), pinned by package-lock.json.
+node-packages: system-packages
+	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+	npm ci --prefix tests/oidc_peers --no-audit --no-fund --loglevel=error
+
 lint: $(BIN)/ght
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: system-packages lint
+test: system-packages node-packages lint
 	$(BIN)/pytest -q
 
 benchmark: system-packages $(BIN)/ght
 	$(BIN)/python benchmarks/sync_full.py
+	$(BIN)/python benchmarks/sync_delta.py

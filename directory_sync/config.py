@@ -9,6 +9,7 @@ variable or the file that holds its bind password, and the secret is read only w
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -175,7 +177,46 @@ class LdifConnection(_Strict):
         return f"file://{self.path}"
 
 
-Connection = Annotated[LdapConnection | LdifConnection, Field(discriminator="kind")]
+#: Users only: `objectCategory=person` leaves out computers (also of class user), `objectClass=user` contacts.
+AD_USERS_FILTER = "(&(objectCategory=person)(objectClass=user))"
+#: Active Directory answers a paged search with at most MaxPageSize (1,000 by default) entries per page.
+AD_MAX_PAGE_SIZE = 1000
+
+
+class ActiveDirectoryConnection(LdapConnection):
+    """An Active Directory domain (Windows or Samba DCs): LDAP, with AD's own anchor, state and deltas.
+
+    The anchor is always objectGUID. `url` may list several DCs for failover; a delta only continues on
+    the DC that gave its watermark (USNs are per DC), any other DC means a full read.
+    """
+
+    kind: Literal["active_directory"]  # type: ignore[assignment]  # pydantic discriminates on this tag
+    filter: str = AD_USERS_FILTER
+    anchor: str = "objectGUID"
+
+    @field_validator("page_size")
+    @classmethod
+    def _ad_page_limit(cls, value: int) -> int:
+        if value > AD_MAX_PAGE_SIZE:
+            raise ValueError(
+                f"Active Directory returns at most {AD_MAX_PAGE_SIZE} entries per page (MaxPageSize): "
+                f"use {AD_MAX_PAGE_SIZE} or less"
+            )
+        return value
+
+    @field_validator("anchor")
+    @classmethod
+    def _guid_anchor(cls, value: str) -> str:
+        if value.lower() != "objectguid":
+            raise ValueError(
+                "the anchor of an Active Directory account is objectGUID (the DN and sAMAccountName change)"
+            )
+        return "objectGUID"
+
+
+Connection = Annotated[
+    ActiveDirectoryConnection | LdapConnection | LdifConnection, Field(discriminator="kind")
+]
 
 
 class SiteInfo(_Strict):
@@ -227,6 +268,31 @@ class AttributeRule(_Strict):
         return tuple(parsed)
 
 
+#: A territorial role code; a person's roles at a site are stored sorted, joined by commas.
+ROLE_CODE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+class RoleMapping(_Strict):
+    """Territorial roles from group membership: `groups` maps a directory group (its CN, or its whole DN)
+    to a territorial role. With `nested`, a member of a member group counts too (Active Directory's
+    LDAP_MATCHING_RULE_IN_CHAIN); otherwise only the direct memberships listed in `from` do."""
+
+    source: str = Field("memberOf", alias="from", min_length=1)
+    nested: bool = False
+    groups: dict[str, str] = Field(min_length=1)
+
+    @field_validator("groups")
+    @classmethod
+    def _role_codes(cls, value: dict[str, str]) -> dict[str, str]:
+        for group, role in value.items():
+            if not ROLE_CODE.fullmatch(str(role)):
+                raise ValueError(
+                    f"role {role!r} of group {group!r}: expected a code of lower-case letters, digits, "
+                    "'.', '_' or '-' (such as medecin or cadre-de-sante)"
+                )
+        return value
+
+
 class SiteMapping(_Strict):
     """One hospital: which establishment, where its directory is, how its attributes map."""
 
@@ -234,7 +300,18 @@ class SiteMapping(_Strict):
     connection: Connection
     attributes: dict[str, AttributeRule]
     value_maps: dict[str, dict[str, str]] = {}
+    roles: RoleMapping | None = None
     file: Path
+
+    @field_validator("roles")
+    @classmethod
+    def _nested_needs_ad(cls, value: RoleMapping | None, info: ValidationInfo) -> RoleMapping | None:
+        connection = info.data.get("connection")
+        if value is not None and value.nested and not isinstance(connection, ActiveDirectoryConnection):
+            raise ValueError(
+                "nested: true needs kind active_directory (LDAP_MATCHING_RULE_IN_CHAIN is an AD feature)"
+            )
+        return value
 
     @field_validator("attributes", mode="before")
     @classmethod
@@ -266,6 +343,8 @@ class SiteMapping(_Strict):
         names = {rule.source for rule in self.attributes.values()}
         if self.connection.anchor.lower() != "dn":
             names.add(self.connection.anchor)
+        if self.roles is not None and not self.roles.nested:
+            names.add(self.roles.source)  # nested memberships are computed by the connector
         return sorted(names, key=str.lower)
 
 
@@ -314,7 +393,9 @@ def _load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
 def _validation_error(path: Path, exc: ValidationError, lines: Mapping[tuple[Any, ...], int]) -> ConfigError:
     """The first problem of a pydantic error, as a ConfigError pointing at the line of the key."""
     error = exc.errors()[0]
-    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("ldap", "ldif")))
+    loc = tuple(
+        p for p in error["loc"] if not (isinstance(p, str) and p in ("ldap", "active_directory", "ldif"))
+    )
     if error["type"] == "union_tag_invalid":
         loc = (*loc, "kind")
     key = ".".join(str(p) for p in loc) or None
@@ -329,7 +410,7 @@ def _validation_error(path: Path, exc: ValidationError, lines: Mapping[tuple[Any
     elif error["type"] == "extra_forbidden":
         message = "unknown key"
     elif error["type"] == "union_tag_invalid":
-        message = "expected kind 'ldap' or 'ldif'"
+        message = "expected kind 'ldap', 'active_directory' or 'ldif'"
     return ConfigError(path, key, message, line=line)
 
 
@@ -410,6 +491,121 @@ def _check_map_references(
 
 
 # --------------------------------------------------------------------------------------------------
+# The OIDC gateway's settings (`[gateway]` in ght.toml), read by `sso_gateway` (never imported here).
+
+
+class GatewaySettings(_Strict):
+    """The OpenID Connect gateway: who it is, where its key-encryption key lives, how long things last.
+
+    Lifetimes are in seconds. Access and ID tokens are short-lived (RFC 9700); a refresh token lasts a
+    working shift; a new signing key is published `key_publish_delay` seconds before it signs, so that
+    relying parties that cache the JWKS already know it.
+    """
+
+    issuer: str
+    key_encryption_key: SecretRef
+    signing_alg: Literal["RS256", "PS256", "ES256"] = "RS256"
+    authorization_code_lifetime: int = Field(60, ge=10, le=600)
+    access_token_lifetime: int = Field(300, ge=30, le=3600)
+    id_token_lifetime: int = Field(300, ge=30, le=3600)
+    refresh_token_lifetime: int = Field(12 * 3600, ge=60, le=30 * 24 * 3600)
+    session_lifetime: int = Field(12 * 3600, ge=60, le=7 * 24 * 3600)
+    key_publish_delay: int = Field(3600, ge=0, le=7 * 24 * 3600)
+    login_free_attempts: int = Field(3, ge=1, le=100)
+    login_lockout_after: int = Field(10, ge=2, le=1000)
+    login_ip_lockout_after: int = Field(50, ge=2, le=100_000)
+    login_lockout_seconds: int = Field(900, ge=1, le=24 * 3600)
+    ldap_timeout: float = Field(5, gt=0, le=60)
+    backchannel_logout_attempts: int = Field(6, ge=1, le=50)
+    default_locale: Literal["fr", "en"] = "fr"
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            raise ValueError("the issuer must be an https:// URL (http:// only on the loopback address)")
+        if parts.query or parts.fragment or value.endswith("/"):
+            raise ValueError("the issuer must have no query, no fragment and no trailing slash")
+        return value
+
+
+# --------------------------------------------------------------------------------------------------
+# The Entra ID export's settings (`[azure]` in ght.toml; read by `directory_sync.azure`).
+
+#: What an `onPremisesExtensionAttributes` slot may carry (see `directory_sync.azure.mapping`).
+AZURE_EXTENSION_SOURCES = ("rpps", "profession", "territorial_id", "sites", "email", "department", "title")
+
+
+class AzureSettings(_Strict):
+    """The group's Entra ID tenant: the app registration that writes to it, and how people appear there.
+
+    The app authenticates with a client secret or a certificate (PEM holding the private key and the
+    certificate), both named as {env: ...} or {file: ...}, never written here. `authority`, `graph_url`
+    and `ca_file` are overridable for a private cloud or the tests' fake of Graph.
+    """
+
+    tenant_id: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    client_secret: SecretRef | None = None
+    certificate: SecretRef | None = None
+    domain: str = Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z]{2,}$")
+    federated: bool = False
+    usage_location: str = Field("FR", pattern=r"^[A-Z]{2}$")
+    group_prefix: str = Field("GHT", min_length=1, max_length=20, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _-]*$")
+    profession_groups: bool = True
+    role_groups: list[str] = []  # territorial roles that get a security group; ["*"] for every role
+    extension_attributes: dict[str, str] = {
+        "extensionAttribute1": "rpps",
+        "extensionAttribute2": "profession",
+        "extensionAttribute3": "territorial_id",
+    }
+    deletion_threshold: int = Field(500, ge=0)
+    deletion_grace_days: float = Field(30, ge=0)
+    authority: str = "https://login.microsoftonline.com"
+    graph_url: str = "https://graph.microsoft.com"
+    ca_file: Path | None = None
+    timeout: float = Field(60, gt=0, le=600)
+    concurrency: int = Field(4, ge=1, le=16)
+    write_rate: float = Field(20, gt=0, le=10_000)
+    max_retries: int = Field(8, ge=0, le=50)
+    retry_base: float = Field(1.0, gt=0, le=60)
+
+    @field_validator("client_secret", "certificate", mode="before")
+    @classmethod
+    def _no_inline_secret(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("a secret must not be written in the file: use {env: VARIABLE} or {file: PATH}")
+        return value
+
+    @field_validator("extension_attributes")
+    @classmethod
+    def _extension_slots(cls, value: dict[str, str]) -> dict[str, str]:
+        for slot, source in value.items():
+            if slot not in {f"extensionAttribute{n}" for n in range(1, 16)}:
+                raise ValueError(f"{slot!r} is not one of extensionAttribute1 .. extensionAttribute15")
+            if source not in AZURE_EXTENSION_SOURCES:
+                raise ValueError(f"unknown source {source!r}; known: {', '.join(AZURE_EXTENSION_SOURCES)}")
+        return value
+
+    @field_validator("authority", "graph_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("expected an https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> AzureSettings:
+        if (self.client_secret is None) == (self.certificate is None):
+            raise ValueError("give exactly one of client_secret or certificate ({env: ...} or {file: ...})")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
 # The service's settings.
 
 
@@ -422,6 +618,8 @@ class Settings(BaseSettings):
     mappings_dir: Path = Path("mappings")
     sites: list[str] = []
     config_file: Path | None = None
+    gateway: GatewaySettings | None = None
+    azure: AzureSettings | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -447,6 +645,11 @@ class Settings(BaseSettings):
         if not isinstance(data, dict):
             raise ConfigError(path, None, "expected a mapping of G15 code -> label")
         return {str(k): str(v) for k, v in data.items()}
+
+    @cached_property
+    def correlation(self) -> CorrelationConfig:
+        """Correlation rules, survivorship and safety from `<mappings_dir>/correlation.yaml`."""
+        return load_correlation(self.mappings_dir / "correlation.yaml")
 
     def site_file(self, code: str) -> Path:
         return self.mappings_dir / f"{code}.yaml"
@@ -512,3 +715,104 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         if not settings.mappings_dir.is_absolute() and "GHT_MAPPINGS_DIR" not in os.environ:
             settings.mappings_dir = (base / settings.mappings_dir).resolve()
     return settings
+
+
+# --------------------------------------------------------------------------------------------------
+# Correlation, survivorship and safety: `mappings/correlation.yaml`, one file for the whole territory.
+
+
+class CorrelationRule(_Strict):
+    """One way of recognising the same human: `match` names the rule, `confidence` its weight."""
+
+    match: Literal["national_id", "email", "name_and_birth_date", "fuzzy_name"]
+    confidence: float = Field(gt=0, le=1)
+    min_similarity: float = Field(default=0.92, gt=0, le=1)  # fuzzy_name only
+    same_profession: bool = True  # fuzzy_name only
+
+
+class Thresholds(_Strict):
+    auto_link: float = Field(default=0.95, gt=0, le=1)
+    review: float = Field(default=0.75, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if self.review > self.auto_link:
+            raise ValueError("review must not be above auto_link")
+        return self
+
+
+SURVIVORSHIP_RULES = ("primary", "oldest", "newest", "site_order")
+
+
+class Survivorship(_Strict):
+    """Which account wins for each person attribute: an ordered list of tie-breaking rules.
+
+    primary: the account at the person's primary affiliation; oldest / newest: by first seen;
+    site_order: the order of `site_order` (then the rest). Empty values never win.
+    """
+
+    default: list[Literal["primary", "oldest", "newest", "site_order"]] = ["primary", "oldest"]
+    attributes: dict[str, list[Literal["primary", "oldest", "newest", "site_order"]]] = {}
+    site_order: list[str] = []
+
+    @field_validator("attributes")
+    @classmethod
+    def _person_attributes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name in value:
+            if name not in TERRITORIAL_ATTRIBUTES:
+                raise ValueError(f"unknown territorial attribute {name!r}")
+        return value
+
+
+class PrimaryAffiliation(_Strict):
+    """How the primary affiliation (the person's home site) is chosen among the active ones."""
+
+    rule: Literal["oldest", "site_order", "most_recent"] = "oldest"
+    site_order: list[str] = []
+
+
+class TerritorialLogin(_Strict):
+    """The territorial login: `prenom.nom` in ASCII, never reused; the UPN adds the group's domain."""
+
+    domain: str = Field(default="ght.local", pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+    max_length: int = Field(default=64, ge=8, le=64)
+
+
+class Safety(_Strict):
+    """Stops a run that would close too many accounts (Entra Connect's deletion threshold), and the
+    grace period before a person with no active affiliation is deprovisioned."""
+
+    max_closures: int = Field(default=500, ge=0)
+    max_closure_percent: float = Field(default=10.0, ge=0, le=100)
+    min_accounts_for_percent: int = Field(default=20, ge=0)
+    grace_days: int = Field(default=30, ge=0, le=3650)
+
+
+class CorrelationConfig(_Strict):
+    rules: list[CorrelationRule] = [
+        CorrelationRule(match="national_id", confidence=1.0),
+        CorrelationRule(match="name_and_birth_date", confidence=0.97),
+        CorrelationRule(match="email", confidence=0.9),
+        CorrelationRule(match="fuzzy_name", confidence=0.85),
+    ]
+    thresholds: Thresholds = Thresholds()
+    survivorship: Survivorship = Survivorship()
+    primary_affiliation: PrimaryAffiliation = PrimaryAffiliation()
+    territorial_login: TerritorialLogin = TerritorialLogin()
+    safety: Safety = Safety()
+    file: Path | None = None
+
+
+def load_correlation(path: Path) -> CorrelationConfig:
+    """`mappings/correlation.yaml`, or the defaults when there is none."""
+    if not path.exists():
+        return CorrelationConfig()
+    data, lines = _load_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, None, "expected a mapping with keys rules, thresholds, survivorship, safety")
+    try:
+        return CorrelationConfig.model_validate({**data, "file": path})
+    except ValidationError as exc:
+        raise _validation_error(path, exc, lines) from None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from .config import TERRITORIAL_ATTRIBUTES, SiteMapping, Transform
 from .identifiers import normalize_adeli, normalize_rpps
 from .records import SourceRecord
+from .roles import RoleMapper
 
 Step = Callable[[str], str]
 
@@ -53,6 +54,34 @@ def strip_accents(value: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
+# Letters that carry no combining accent to strip (Œ is not O + accent).
+_LIGATURES = str.maketrans(
+    {
+        "Œ": "OE",
+        "œ": "oe",
+        "Æ": "AE",
+        "æ": "ae",
+        "Ø": "O",
+        "ø": "o",
+        "ß": "ss",
+        "Ł": "L",
+        "ł": "l",
+        "Đ": "D",
+        "đ": "d",
+        "Þ": "TH",
+        "þ": "th",
+        "’": "'",
+    }
+)
+
+
+def to_ascii(value: str) -> str:
+    """`Œdipe Ørsted-Ça` -> `OEdipe Orsted-Ca`: accents stripped, ligatures spelt out, the rest dropped."""
+    if value.isascii():
+        return value
+    return strip_accents(value.translate(_LIGATURES)).encode("ascii", "ignore").decode("ascii")
+
+
 def _printable(value: str) -> str:
     """Drop control and format characters (NUL breaks PostgreSQL, others break terminals and logs);
     turn any Unicode space into a plain space."""
@@ -70,7 +99,7 @@ _SIMPLE_STEPS: dict[str, Step] = {
     "upper": str.upper,
     "lower": str.lower,
     "name_case": name_case,
-    "ascii": strip_accents,
+    "ascii": to_ascii,
     "digits": lambda v: "".join(c for c in v if c.isdigit()),
 }
 
@@ -87,6 +116,7 @@ class MappedAccount:
     deleted: bool = False
     warnings: tuple[str, ...] = ()
     fingerprint: str = field(default="", compare=False)
+    facts: Mapping[str, str] = field(default_factory=dict)  # the source's facts (AD account state)
 
     def get(self, name: str) -> str | None:
         return self.values.get(name) or None
@@ -113,6 +143,7 @@ class Mapper:
         ]
         # Keep a stable order of attributes for fingerprints.
         self._rules.sort(key=lambda r: TERRITORIAL_ATTRIBUTES.index(r[0]))
+        self._roles = RoleMapper(mapping.roles) if mapping.roles else None
 
     @staticmethod
     def _compile(transform: Transform, value_maps: Mapping[str, Mapping[str, str]]) -> Step:
@@ -153,8 +184,12 @@ class Mapper:
             if value:
                 values[name] = value
         self._check_identifiers(values, warnings)
+        if self._roles is not None and (roles := self._roles.roles(record)):
+            values["roles"] = roles
+        # Facts only count when the source gives some: other sites' fingerprints stay as they were.
+        signed = [record.dn, record.enabled, values, *([dict(record.facts)] if record.facts else [])]
         fingerprint = hashlib.blake2b(
-            json.dumps([record.dn, record.enabled, values], ensure_ascii=False, sort_keys=True).encode(),
+            json.dumps(signed, ensure_ascii=False, sort_keys=True).encode(),
             digest_size=16,
         ).hexdigest()
         return MappedAccount(
@@ -166,6 +201,7 @@ class Mapper:
             deleted=record.deleted,
             warnings=tuple(warnings),
             fingerprint=fingerprint,
+            facts=record.facts,
         )
 
     def _check_identifiers(self, values: dict[str, str], warnings: list[str]) -> None:

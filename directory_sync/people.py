@@ -9,10 +9,12 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from .config import CorrelationConfig
 from .errors import NotFound
 from .identifiers import normalize_rpps
 from .mapping import strip_accents
-from .store import Account, Affiliation, Person, Site
+from .reconcile import Actor, refresh_people, write_audit
+from .store import Account, AccountState, Affiliation, Person, PersonStatus, Site, utcnow
 
 
 @dataclass
@@ -25,11 +27,15 @@ class PersonView:
         p = self.person
         return {
             "id": p.id,
+            "login": p.login,
             "family_name": p.family_name,
             "given_name": p.given_name,
             "email": p.email,
             "rpps": p.rpps,
+            "birth_date": p.birth_date,
             "status": p.status,
+            "merged_into": p.merged_into,
+            "provenance": p.provenance,
             "created_at": p.created_at.isoformat(),
             "updated_at": p.updated_at.isoformat(),
             "suspended_at": p.suspended_at.isoformat() if p.suspended_at else None,
@@ -42,14 +48,24 @@ class PersonView:
                     "department": a.department,
                     "title": a.title,
                     "employee_id": a.employee_id,
+                    "roles": a.roles,
                     "active": a.active,
+                    "primary": a.primary,
                     "started_at": a.started_at.isoformat(),
                     "ended_at": a.ended_at.isoformat() if a.ended_at else None,
                 }
                 for a, s in self.affiliations
             ],
             "accounts": [
-                {"site": a.site, "login": a.login, "dn": a.dn, "anchor": a.anchor, "state": a.state}
+                {
+                    "site": a.site,
+                    "login": a.login,
+                    "dn": a.dn,
+                    "anchor": a.anchor,
+                    "state": a.state,
+                    "linked_by": a.linked_by,
+                    "facts": a.facts,
+                }
                 for a in self.accounts
             ],
         }
@@ -84,6 +100,7 @@ def search_people(
             func.lower(col(Person.given_name) + " " + col(Person.family_name)).like(like),
             func.lower(col(Person.email)).like(like),
             col(Person.id) == text,
+            col(Person.login) == text.lower(),
             col(Person.id).in_(
                 select(col(Account.person_id)).where(func.lower(col(Account.login)) == text.lower())
             ),
@@ -137,8 +154,10 @@ def get_person(session: Session, key: str) -> PersonView:
     if person is None:
         site, _, login = key.rpartition("\\")
         rpps = normalize_rpps(key) if key.isdigit() else None
-        candidates: list[Person] = []
-        if rpps:
+        candidates: list[Person] = list(
+            session.execute(select(Person).where(col(Person.login) == key.lower())).scalars()
+        )
+        if rpps and not candidates:
             candidates = list(session.execute(select(Person).where(col(Person.rpps) == rpps)).scalars())
         if not candidates:
             accounts = select(col(Account.person_id)).where(func.lower(col(Account.login)) == login.lower())
@@ -152,6 +171,43 @@ def get_person(session: Session, key: str) -> PersonView:
         if len(candidates) > 1:
             raise NotFound(f"{key!r} matches {len(candidates)} people: use a territorial id or SITE\\login")
         if not candidates:
-            raise NotFound(f"no person matches {key!r} (territorial id, RPPS, login, SITE\\login or email)")
+            raise NotFound(
+                f"no person matches {key!r} "
+                "(territorial id or login, RPPS, SITE\\login, source login or email)"
+            )
         person = candidates[0]
     return _view(session, person)
+
+
+def restore_person(session: Session, key: str, admin: str, config: CorrelationConfig) -> PersonView:
+    """Undo a bad sync for one person: reopen the accounts sync closed, recompute, lift deprovisioning.
+
+    If a source really lost the account, the next sync closes it again (within the safety threshold).
+    """
+    view = get_person(session, key)
+    person = view.person
+    now, actor = utcnow(), Actor(f"admin:{admin}")
+    closed = [a for a in view.accounts if a.state == AccountState.DELETED]
+    if not closed and person.status not in (PersonStatus.SUSPENDED, PersonStatus.DEPROVISIONED):
+        raise NotFound(f"{key!r} is {person.status} with no closed account: nothing to restore")
+    for account in closed:
+        account.state, account.deleted_at = AccountState.ENABLED, None
+    if person.status == PersonStatus.DEPROVISIONED:
+        person.status, person.deprovisioned_at, person.suspended_at = PersonStatus.SUSPENDED, None, now
+    session.flush()
+    refreshed = refresh_people(session, {person.id}, now, config, actor)
+    write_audit(
+        session,
+        [
+            actor.event(
+                now,
+                "person.restored",
+                person_id=person.id,
+                reason="restored by an administrator",
+                changes={"accounts": {"from": "deleted", "to": [f"{a.site}\\{a.login}" for a in closed]}},
+            ),
+            *refreshed.audit,
+        ],
+    )
+    session.commit()
+    return get_person(session, person.id)

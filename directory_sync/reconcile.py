@@ -4,44 +4,68 @@ Planning reads the directory and changes nothing; a plan is a value that can be 
 tested and applied. Each account read from the source is in one *situation* (midPoint's words):
 
 - linked: its anchor is already linked to a person; the account is *updated* if it changed;
-- unlinked: a person is found for it (by a valid RPPS); it is *linked* to that person;
-- unmatched: no person is found; a person is *created*;
-- deleted: it was linked, and a source that was read completely no longer has it; it is *closed*.
+- unlinked: correlation (`correlate.py`) finds its person above the auto-link threshold: *link*;
+- disputed: candidates score between the thresholds: a person is created for it (so nobody is locked
+  out) and a *review case* is opened for a human to link, keep or reject;
+- unmatched: no candidate: a person is *created*, with a new territorial login;
+- deleted: it was linked, and the source reported it deleted or a complete read no longer has it:
+  it is *closed*.
 
 Applying a plan inserts and updates accounts, then recomputes the affiliations and people it touched
-from their accounts (so the directory is always derived the same way, whatever the order of events).
-A person with no active affiliation left is suspended, never deleted. Applying runs inside the caller's
-transaction: the caller commits once per site, so a failure leaves nothing half-written.
+from their accounts with the configured survivorship, recording where each value came from. A person
+with no active affiliation is suspended, never deleted; after the grace period, deprovisioned. Every
+change to a person or a link is an audit event. Applying runs inside the caller's transaction: the
+caller commits once per site, so a failure or a kill leaves nothing half-written.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
-from sqlmodel import col
 
-from .mapping import MappedAccount
-from .store import Account, AccountState, Affiliation, Person, PersonStatus, Site, new_person_id, sa_table
+from .config import CorrelationConfig, Safety, Survivorship
+from .correlate import Candidate, Correlator, PersonIndex, Probe, Verdict
+from .mapping import MappedAccount, to_ascii
+from .store import (
+    Account,
+    AccountState,
+    Affiliation,
+    AuditEvent,
+    LinkDecision,
+    Person,
+    PersonStatus,
+    ReviewCase,
+    Site,
+    new_person_id,
+    sa_table,
+)
 
-#: Person attributes, derived from the person's accounts.
-PERSON_FIELDS = ("family_name", "given_name", "email", "rpps")
+#: Person attributes, derived from the person's accounts by survivorship.
+PERSON_FIELDS = ("family_name", "given_name", "birth_name", "birth_date", "email", "rpps", "adeli")
 #: Affiliation attributes, derived from the person's accounts at that site.
-AFFILIATION_FIELDS = ("profession", "department", "title", "employee_id")
+AFFILIATION_FIELDS = ("profession", "department", "title", "employee_id", "roles")
 _CHUNK = 500
+
+_PERSON = sa_table(Person)
+_ACCOUNT = sa_table(Account)
+_AFFILIATION = sa_table(Affiliation)
+_AUDIT = sa_table(AuditEvent)
+_REVIEW = sa_table(ReviewCase)
 
 
 class ActionKind(enum.StrEnum):
-    CREATE = "create"  # unmatched: a new person with this account
+    CREATE = "create"  # unmatched (or disputed: with a review case): a new person with this account
     LINK = "link"  # unlinked: the account joins an existing person
     UPDATE = "update"  # linked: the account's values changed
-    CLOSE = "close"  # deleted: gone from a completely read source
+    CLOSE = "close"  # deleted: gone from the source
     REJECT = "reject"  # unusable record (no login, no family name, duplicate anchor)
 
 
@@ -55,9 +79,13 @@ class AccountAction:
     account: MappedAccount | None = None
     account_id: int | None = None
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    rule: str | None = None
+    score: float = 0.0
+    territorial_login: str | None = None  # for a new person
+    review: list[Candidate] | None = None  # a disputed account: the candidates a human will choose from
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "action": self.kind.value,
             "anchor": self.anchor,
             "login": self.login,
@@ -65,16 +93,24 @@ class AccountAction:
             "reason": self.reason,
             "changes": {k: {"from": old, "to": new} for k, (old, new) in self.changes.items()},
         }
+        if self.rule:
+            data["rule"], data["score"] = self.rule, round(self.score, 3)
+        if self.territorial_login:
+            data["territorial_login"] = self.territorial_login
+        if self.review is not None:
+            data["review"] = [c.as_dict() for c in self.review]
+        return data
 
 
 @dataclass
 class SitePlan:
-    """What one full sync of one site would change."""
+    """What one sync of one site would change."""
 
     site: str
     complete: bool
     read: int = 0
     unchanged: int = 0
+    known_accounts: int = 0  # accounts of the site in the directory, not closed, before this run
     actions: list[AccountAction] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -83,6 +119,76 @@ class SitePlan:
 
     def of(self, kind: ActionKind) -> Iterator[AccountAction]:
         return (a for a in self.actions if a.kind is kind)
+
+    @property
+    def reviews(self) -> int:
+        return sum(1 for a in self.actions if a.review is not None)
+
+
+# --------------------------------------------------------------------------------------------------
+# What a run knows before planning: people, logins, human decisions.
+
+
+def _login_base(given: str | None, family: str) -> str:
+    def part(text: str) -> str:
+        ascii_text = to_ascii(text).lower().replace("'", "")
+        return "-".join(w for w in re.split(r"[^a-z0-9]+", ascii_text) if w)
+
+    given_part, family_part = part(given or ""), part(family) or "x"
+    return f"{given_part}.{family_part}" if given_part else family_part
+
+
+class LoginAllocator:
+    """Territorial logins: `prenom.nom`, ASCII; collisions get 2, 3...; a login is never reused, because
+    people are never deleted and every login ever given stays taken."""
+
+    def __init__(self, taken: Iterable[str], max_length: int = 64) -> None:
+        self.taken = set(taken)
+        self.max_length = max_length
+
+    def allocate(self, given: str | None, family: str) -> str:
+        base = _login_base(given, family)[: self.max_length - 3].rstrip(".-")
+        login, n = base, 1
+        while login in self.taken:
+            n += 1
+            login = f"{base}{n}"
+        self.taken.add(login)
+        return login
+
+
+@dataclass
+class RunContext:
+    """Loaded once per run and kept in step as sites are planned and applied."""
+
+    config: CorrelationConfig
+    index: PersonIndex
+    logins: LoginAllocator
+    decisions: dict[tuple[str, str], list[LinkDecision]]
+    closures: int = 0  # accounts closed so far in this run (for the run-wide threshold)
+
+    @property
+    def correlator(self) -> Correlator:
+        return Correlator(self.config, self.index)
+
+    @classmethod
+    def load(cls, session: Session, config: CorrelationConfig) -> RunContext:
+        index = PersonIndex()
+        # Closed accounts too: a person who left a site and joins another must be found again.
+        for person_id, site, attributes in session.execute(
+            select(_ACCOUNT.c.person_id, _ACCOUNT.c.site, _ACCOUNT.c.attributes)
+        ):
+            index.add(person_id, attributes or {}, site)
+        logins = LoginAllocator(
+            (
+                login
+                for (login,) in session.execute(select(_PERSON.c.login).where(_PERSON.c.login.is_not(None)))
+            ),
+            config.territorial_login.max_length,
+        )
+        decisions: dict[tuple[str, str], list[LinkDecision]] = defaultdict(list)
+        for decision in session.execute(select(LinkDecision)).scalars():
+            decisions[(decision.site, decision.anchor)].append(decision)
+        return cls(config, index, logins, decisions)
 
 
 @dataclass(slots=True)
@@ -96,27 +202,24 @@ class _Known:
 class SitePlanner:
     """Builds a `SitePlan` from the accounts of one site, streamed in as they are read."""
 
-    def __init__(self, session: Session, site: str) -> None:
+    def __init__(self, session: Session, site: str, context: RunContext) -> None:
         self.session = session
+        self.context = context
+        self.correlator = context.correlator
         self.plan = SitePlan(site=site, complete=False)
         self._known: dict[str, _Known] = {
             row.anchor: _Known(row.id, row.fingerprint, row.person_id, row.state)
             for row in session.execute(
                 select(
-                    col(Account.id),
-                    col(Account.anchor),
-                    col(Account.fingerprint),
-                    col(Account.person_id),
-                    col(Account.state),
-                ).where(col(Account.site) == site)
+                    _ACCOUNT.c.id,
+                    _ACCOUNT.c.anchor,
+                    _ACCOUNT.c.fingerprint,
+                    _ACCOUNT.c.person_id,
+                    _ACCOUNT.c.state,
+                ).where(_ACCOUNT.c.site == site)
             )
         }
-        self._people_by_rpps: dict[str, set[str]] = defaultdict(set)
-        for rpps, person_id in session.execute(
-            select(col(Person.rpps), col(Person.id)).where(col(Person.rpps).is_not(None))
-        ):
-            if rpps:
-                self._people_by_rpps[rpps].add(person_id)
+        self.plan.known_accounts = sum(1 for k in self._known.values() if k.state != AccountState.DELETED)
         self._seen: set[str] = set()
 
     def add(self, account: MappedAccount) -> None:
@@ -161,25 +264,65 @@ class SitePlanner:
                     known.id,
                 )
             )
+            self.context.index.add(known.person_id, account.values, self.plan.site)
             return
-        rpps = account.get("rpps")
-        candidates = self._people_by_rpps.get(rpps, set()) if rpps else set()
-        if len(candidates) == 1:
-            (person_id,) = candidates
-            plan.actions.append(
-                AccountAction(
-                    ActionKind.LINK, account.anchor, account.login, f"same RPPS {rpps}", person_id, account
+        plan.actions.append(self._correlate(account))
+
+    def _correlate(self, account: MappedAccount) -> AccountAction:
+        """A new account: a human's remembered decision first, then the correlation rules."""
+        excluded: set[str] = set()
+        for decision in self.context.decisions.get((self.plan.site, account.anchor), []):
+            if decision.kind == "link" and decision.person_id:
+                return self._link(
+                    account,
+                    decision.person_id,
+                    f"admin:{decision.decided_by}",
+                    1.0,
+                    f"linked by {decision.decided_by} on {decision.decided_at:%Y-%m-%d}",
                 )
+            if decision.kind == "new":
+                return self._create(account, f"kept apart by {decision.decided_by}", None)
+            if decision.kind == "not" and decision.person_id:
+                excluded.add(decision.person_id)
+        probe = Probe.of(account.values, self.plan.site)
+        verdict = self.correlator.decide(probe, excluded=excluded)
+        if verdict.verdict is Verdict.LINK and verdict.person_id:
+            return self._link(
+                account, verdict.person_id, verdict.rule or "", verdict.score, verdict.reason, probe
             )
-            return
+        if verdict.verdict is Verdict.REVIEW:
+            return self._create(account, f"disputed: {verdict.reason}", verdict.candidates, probe)
+        return self._create(account, verdict.reason, None, probe)
+
+    def _link(
+        self,
+        account: MappedAccount,
+        person_id: str,
+        rule: str,
+        score: float,
+        reason: str,
+        probe: Probe | None = None,
+    ) -> AccountAction:
+        self.context.index.add(person_id, account.values, self.plan.site, probe)
+        return AccountAction(
+            ActionKind.LINK, account.anchor, account.login, reason, person_id, account, rule=rule, score=score
+        )
+
+    def _create(
+        self, account: MappedAccount, reason: str, review: list[Candidate] | None, probe: Probe | None = None
+    ) -> AccountAction:
         person_id = new_person_id()
-        reason = "no person with this RPPS" if rpps else "no national identifier to match on"
-        if len(candidates) > 1:
-            reason = f"RPPS {rpps} is held by {len(candidates)} people: not linked to any"
-        elif rpps:
-            self._people_by_rpps[rpps].add(person_id)
-        plan.actions.append(
-            AccountAction(ActionKind.CREATE, account.anchor, account.login, reason, person_id, account)
+        self.context.index.add(person_id, account.values, self.plan.site, probe)
+        login = self.context.logins.allocate(account.get("given_name"), account.values["family_name"])
+        return AccountAction(
+            ActionKind.CREATE,
+            account.anchor,
+            account.login,
+            reason,
+            person_id,
+            account,
+            territorial_login=login,
+            review=review,
         )
 
     def _deleted(self, account: MappedAccount) -> None:
@@ -226,12 +369,8 @@ class SitePlanner:
             by_id = {a.account_id: a for a in chunk}
             rows = self.session.execute(
                 select(
-                    col(Account.id),
-                    col(Account.login),
-                    col(Account.dn),
-                    col(Account.state),
-                    col(Account.attributes),
-                ).where(col(Account.id).in_(list(by_id)))
+                    _ACCOUNT.c.id, _ACCOUNT.c.login, _ACCOUNT.c.dn, _ACCOUNT.c.state, _ACCOUNT.c.attributes
+                ).where(_ACCOUNT.c.id.in_(list(by_id)))
             )
             for row in rows:
                 action = by_id[row.id]
@@ -249,6 +388,32 @@ class SitePlanner:
                 state = _state(new)
                 if row.state != state:
                     action.changes["state"] = (row.state, state)
+
+
+def closure_threshold_problem(
+    plan: SitePlan, safety: Safety, *, already_closed: int, allowed: int
+) -> str | None:
+    """Why applying `plan` would close too many accounts, or None. Like Entra Connect's deletion
+    threshold: a directory that suddenly returns nothing must not suspend everyone."""
+    closures = plan.count(ActionKind.CLOSE)
+    if closures == 0 or closures <= allowed:
+        return None
+    known = plan.known_accounts
+    if plan.read == 0 and known > 0:
+        return f"the source returned no account at all but {known} are known: it would close all of them"
+    if closures > safety.max_closures:
+        return f"it would close {closures} accounts, more than max_closures = {safety.max_closures}"
+    if known >= safety.min_accounts_for_percent and closures * 100 > safety.max_closure_percent * known:
+        return (
+            f"it would close {closures} of {known} accounts ({closures * 100 / known:.0f}%), "
+            f"more than max_closure_percent = {safety.max_closure_percent:g}%"
+        )
+    if already_closed + closures > safety.max_closures:
+        return (
+            f"this run would close {already_closed + closures} accounts over its sites, "
+            f"more than max_closures = {safety.max_closures}"
+        )
+    return None
 
 
 def _unusable(account: MappedAccount) -> str | None:
@@ -280,91 +445,253 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 class _AccountView:
     id: int
     site: str
+    anchor: str
     state: str
     attributes: dict[str, str]
     first_seen_at: datetime
+    last_changed_at: datetime
 
 
-def _precedence(account: _AccountView) -> tuple[int, datetime, int]:
-    # Active accounts first, then the oldest: the site where the person was first known keeps
-    # authority on their names, so a new site does not rename anyone.
-    return (0 if account.state == AccountState.ENABLED else 1, account.first_seen_at, account.id)
+def _order(
+    accounts: Iterable[_AccountView],
+    rules: Sequence[str],
+    primary_site: str | None,
+    site_order: Sequence[str],
+) -> list[_AccountView]:
+    def key(a: _AccountView) -> tuple[Any, ...]:
+        parts: list[Any] = [0 if a.state == AccountState.ENABLED else 1]
+        for rule in rules:
+            if rule == "primary":
+                parts.append(0 if a.site == primary_site else 1)
+            elif rule == "oldest":
+                parts.append(a.first_seen_at.timestamp())
+            elif rule == "newest":
+                parts.append(-a.first_seen_at.timestamp())
+            elif rule == "site_order":
+                parts.append(site_order.index(a.site) if a.site in site_order else len(site_order))
+        parts.append(a.id)
+        return tuple(parts)
+
+    return sorted(accounts, key=key)
 
 
-def derive_person(accounts: Iterable[_AccountView]) -> dict[str, str | None]:
-    ordered = sorted((a for a in accounts if a.state != AccountState.DELETED), key=_precedence)
-    if not ordered:
-        return {}
+def derive_person(
+    accounts: Sequence[_AccountView], survivorship: Survivorship, primary_site: str | None
+) -> tuple[dict[str, str | None], dict[str, Any]]:
+    """The person's attributes and where each came from (site, account, since when).
+
+    Closed accounts count only when nothing else is left: a suspended person keeps what was last known.
+    """
+    accounts = [a for a in accounts if a.state != AccountState.DELETED] or list(accounts)
     values: dict[str, str | None] = {}
+    provenance: dict[str, Any] = {}
+    orders: dict[tuple[str, ...], list[_AccountView]] = {}
     for name in PERSON_FIELDS:
-        values[name] = next((a.attributes[name] for a in ordered if a.attributes.get(name)), None)
-    return values
+        rules = tuple(survivorship.attributes.get(name, survivorship.default))
+        if rules not in orders:
+            orders[rules] = _order(accounts, rules, primary_site, survivorship.site_order)
+        source = next((a for a in orders[rules] if a.attributes.get(name)), None)
+        values[name] = source.attributes[name] if source else None
+        if source is not None:
+            provenance[name] = {
+                "site": source.site,
+                "anchor": source.anchor,
+                "since": source.last_changed_at.isoformat(),
+            }
+    return values, provenance
 
 
-def derive_affiliation(accounts: Iterable[_AccountView]) -> dict[str, Any] | None:
-    ordered = sorted((a for a in accounts if a.state != AccountState.DELETED), key=_precedence)
+def derive_affiliation(accounts: Iterable[_AccountView]) -> dict[str, Any]:
+    ordered = _order([a for a in accounts if a.state != AccountState.DELETED], ("oldest",), None, ())
     if not ordered:
-        return None
+        return {"active": False}
     values: dict[str, Any] = {name: ordered[0].attributes.get(name) for name in AFFILIATION_FIELDS}
     values["active"] = ordered[0].state == AccountState.ENABLED
     return values
+
+
+def choose_primary(affiliations: dict[str, dict[str, Any]], config: CorrelationConfig) -> str | None:
+    """The home site among the active affiliations (site -> values with `active`, `started_at`)."""
+    active = [(site, values) for site, values in affiliations.items() if values["active"]]
+    if not active:
+        return None
+    rule = config.primary_affiliation
+    if rule.rule == "site_order":
+        order = rule.site_order
+        return min(active, key=lambda sv: (order.index(sv[0]) if sv[0] in order else len(order), sv[0]))[0]
+    if rule.rule == "most_recent":
+        return max(active, key=lambda sv: (sv[1]["started_at"].timestamp(), sv[0]))[0]
+    return min(active, key=lambda sv: (sv[1]["started_at"].timestamp(), sv[0]))[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Applying.
 
 
 @dataclass
 class ApplyResult:
     suspended: int = 0
     reactivated: int = 0
+    reviews: int = 0
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
 
-# Core tables: bulk statements go straight to executemany, without the ORM's unit of work.
-_PERSON = sa_table(Person)
-_ACCOUNT = sa_table(Account)
-_AFFILIATION = sa_table(Affiliation)
+@dataclass
+class Actor:
+    """Who makes a change, for the audit trail: a sync run or an administrator."""
+
+    name: str
+    run_id: int | None = None
+
+    def event(
+        self,
+        now: datetime,
+        action: str,
+        *,
+        person_id: str | None = None,
+        site: str | None = None,
+        changes: dict[str, Any] | None = None,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        return {
+            "at": now,
+            "actor": self.name,
+            "run_id": self.run_id,
+            "person_id": person_id,
+            "site": site,
+            "action": action,
+            "changes": changes or {},
+            "reason": reason,
+        }
 
 
-def apply_plan(session: Session, plan: SitePlan, site: Site, now: datetime) -> ApplyResult:
+def apply_plan(
+    session: Session, plan: SitePlan, site: Site, now: datetime, context: RunContext, actor: Actor
+) -> ApplyResult:
     """Write `plan` into the directory, inside the caller's transaction."""
     session.merge(site)
     session.flush()
+    result = ApplyResult()
+    audit = result.audit
 
-    # Unmatched accounts: a new person each, whose data is derived from that one account.
+    # Unmatched and disputed accounts: a new person each, derived from that one account.
     creates = list(plan.of(ActionKind.CREATE))
     for chunk in _chunks(creates, _CHUNK):
         people, affiliations = [], []
         for action in chunk:
-            view = _view_of(action, now)
+            account = action.account
+            assert account is not None
+            # One account: what derive_person and derive_affiliation would give, without the sorting.
+            values = {name: account.values.get(name) for name in PERSON_FIELDS}
+            source = {"site": plan.site, "anchor": account.anchor, "since": now.isoformat()}
+            provenance = {name: source for name, value in values.items() if value}
             people.append(
                 {
                     "id": action.person_id,
-                    **derive_person([view]),
+                    "login": action.territorial_login,
+                    **values,
+                    "provenance": provenance,
                     "status": PersonStatus.ACTIVE,
+                    "merged_into": None,
                     "created_at": now,
                     "updated_at": now,
                     "suspended_at": None,
+                    "deprovisioned_at": None,
                 }
             )
-            wanted = derive_affiliation([view]) or {"active": False}
+            wanted = {name: account.values.get(name) for name in AFFILIATION_FIELDS}
+            wanted["active"] = account.enabled
             affiliations.append(
                 {
                     "person_id": action.person_id,
                     "site": plan.site,
                     "started_at": now,
                     "ended_at": None if wanted["active"] else now,
+                    "primary": wanted["active"],
                     **wanted,
                 }
             )
+            audit.append(
+                actor.event(
+                    now,
+                    "person.created",
+                    person_id=action.person_id,
+                    site=plan.site,
+                    changes={
+                        "login": {"from": None, "to": action.territorial_login},
+                        "account": {"from": None, "to": action.login},
+                    },
+                    reason=action.reason,
+                )
+            )
         session.execute(insert(_PERSON), people)
         session.execute(
-            insert(_ACCOUNT), [_account_row(a, plan.site, now) | {"first_seen_at": now} for a in chunk]
+            insert(_ACCOUNT),
+            [_account_row(a, plan.site, now) | {"first_seen_at": now, "linked_by": "created"} for a in chunk],
         )
         session.execute(insert(_AFFILIATION), affiliations)
+
+    disputed = [a for a in creates if a.review is not None]
+    if disputed:
+        ids = _account_ids(session, plan.site, [a.anchor for a in disputed])
+        session.execute(
+            insert(_REVIEW),
+            [
+                {
+                    "site": plan.site,
+                    "anchor": a.anchor,
+                    "account_id": ids[a.anchor],
+                    "person_id": a.person_id,
+                    "status": "open",
+                    "reason": a.reason,
+                    "candidates": [c.as_dict() for c in a.review or []],
+                    "opened_at": now,
+                    "run_id": actor.run_id,
+                    "decided_at": None,
+                    "decided_by": None,
+                    "decision_note": None,
+                }
+                for a in disputed
+            ],
+        )
+        audit.extend(
+            actor.event(
+                now,
+                "review.opened",
+                person_id=a.person_id,
+                site=plan.site,
+                reason=a.reason,
+                changes={"candidates": {"from": None, "to": [c.person_id for c in a.review or []]}},
+            )
+            for a in disputed
+        )
+        result.reviews = len(disputed)
 
     # Linked, unlinked and deleted accounts change people who have other accounts: recompute them.
     links = list(plan.of(ActionKind.LINK))
     for chunk in _chunks(links, _CHUNK):
         session.execute(
-            insert(_ACCOUNT), [_account_row(a, plan.site, now) | {"first_seen_at": now} for a in chunk]
+            insert(_ACCOUNT),
+            [
+                _account_row(a, plan.site, now) | {"first_seen_at": now, "linked_by": a.rule or "link"}
+                for a in chunk
+            ],
         )
+    audit.extend(
+        actor.event(
+            now,
+            "account.linked",
+            person_id=a.person_id,
+            site=plan.site,
+            reason=a.reason,
+            changes={
+                "account": {"from": None, "to": a.login},
+                "rule": {"from": None, "to": a.rule},
+                "score": {"from": None, "to": round(a.score, 3)},
+            },
+        )
+        for a in links
+    )
     updates = list(plan.of(ActionKind.UPDATE))
     for chunk in _chunks(updates, _CHUNK):
         session.execute(
@@ -388,14 +715,41 @@ def apply_plan(session: Session, plan: SitePlan, site: Site, now: datetime) -> A
                 for a in chunk
             ],
         )
+    audit.extend(
+        actor.event(
+            now,
+            "account.closed",
+            person_id=a.person_id,
+            site=plan.site,
+            reason=a.reason,
+            changes={"account": {"from": a.login, "to": None}},
+        )
+        for a in closes
+    )
     touched = {a.person_id for a in links + updates + closes if a.person_id}
-    return refresh_people(session, touched, now)
+    refreshed = refresh_people(session, touched, now, context.config, actor)
+    result.suspended, result.reactivated = refreshed.suspended, refreshed.reactivated
+    audit.extend(refreshed.audit)
+    write_audit(session, audit)
+    context.closures += len(closes)
+    return result
 
 
-def _view_of(action: AccountAction, now: datetime) -> _AccountView:
-    account = action.account
-    assert account is not None
-    return _AccountView(0, account.site, _state(account), dict(account.values), now)
+def write_audit(session: Session, events: list[dict[str, Any]]) -> None:
+    for chunk in _chunks(events, _CHUNK):
+        session.execute(insert(_AUDIT), list(chunk))
+
+
+def _account_ids(session: Session, site: str, anchors: list[str]) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    for chunk in _chunks(anchors, _CHUNK):
+        rows = session.execute(
+            select(_ACCOUNT.c.anchor, _ACCOUNT.c.id).where(
+                _ACCOUNT.c.site == site, _ACCOUNT.c.anchor.in_(chunk)
+            )
+        )
+        ids.update((anchor, account_id) for anchor, account_id in rows)
+    return ids
 
 
 def _account_row(action: AccountAction, site: str, now: datetime) -> dict[str, Any]:
@@ -410,12 +764,19 @@ def _account_row(action: AccountAction, site: str, now: datetime) -> dict[str, A
         "person_id": action.person_id,
         "attributes": dict(account.values),
         "fingerprint": account.fingerprint,
+        "facts": dict(account.facts),
         "last_changed_at": now,
     }
 
 
-def refresh_people(session: Session, person_ids: Iterable[str], now: datetime) -> ApplyResult:
-    """Recompute the affiliations and attributes of these people from their accounts."""
+_PERSON_COLUMNS = (*PERSON_FIELDS, "provenance", "status", "suspended_at", "deprovisioned_at")
+_AFFILIATION_COLUMNS = (*AFFILIATION_FIELDS, "active", "primary", "started_at", "ended_at")
+
+
+def refresh_people(
+    session: Session, person_ids: Iterable[str], now: datetime, config: CorrelationConfig, actor: Actor
+) -> ApplyResult:
+    """Recompute the affiliations, attributes and status of these people from their accounts."""
     result = ApplyResult()
     ids = sorted(person_ids)
     for chunk in _chunks(ids, _CHUNK):
@@ -425,68 +786,119 @@ def refresh_people(session: Session, person_ids: Iterable[str], now: datetime) -
                 _ACCOUNT.c.id,
                 _ACCOUNT.c.person_id,
                 _ACCOUNT.c.site,
+                _ACCOUNT.c.anchor,
                 _ACCOUNT.c.state,
                 _ACCOUNT.c.attributes,
                 _ACCOUNT.c.first_seen_at,
+                _ACCOUNT.c.last_changed_at,
             ).where(_ACCOUNT.c.person_id.in_(chunk))
         ):
             accounts[row.person_id].append(
-                _AccountView(row.id, row.site, row.state, row.attributes or {}, row.first_seen_at)
+                _AccountView(
+                    row.id,
+                    row.site,
+                    row.anchor,
+                    row.state,
+                    row.attributes or {},
+                    row.first_seen_at,
+                    row.last_changed_at,
+                )
             )
-        affiliations = {
-            (row.person_id, row.site): row
-            for row in session.execute(select(_AFFILIATION).where(_AFFILIATION.c.person_id.in_(chunk)))
-        }
+        existing_affiliations: dict[str, dict[str, Any]] = defaultdict(dict)
+        for row in session.execute(select(_AFFILIATION).where(_AFFILIATION.c.person_id.in_(chunk))):
+            existing_affiliations[row.person_id][row.site] = row
         people = {row.id: row for row in session.execute(select(_PERSON).where(_PERSON.c.id.in_(chunk)))}
         new_affiliations: list[dict[str, Any]] = []
         changed_affiliations: list[dict[str, Any]] = []
         changed_people: list[dict[str, Any]] = []
         for person_id in chunk:
+            person = people[person_id]
             by_site: dict[str, list[_AccountView]] = defaultdict(list)
             for account in accounts[person_id]:
                 by_site[account.site].append(account)
-            any_active = False
+            wanted_by_site: dict[str, dict[str, Any]] = {}
             for site_code, site_accounts in by_site.items():
-                wanted = derive_affiliation(site_accounts) or {"active": False}
-                any_active = any_active or wanted["active"]
-                existing = affiliations.get((person_id, site_code))
+                wanted = derive_affiliation(site_accounts)
+                existing = existing_affiliations[person_id].get(site_code)
                 if existing is None:
-                    new_affiliations.append(
-                        {
-                            "person_id": person_id,
-                            "site": site_code,
-                            "started_at": now,
-                            "ended_at": None if wanted["active"] else now,
-                            **wanted,
-                        }
+                    wanted.update(started_at=now, ended_at=None if wanted["active"] else now)
+                elif existing.active and not wanted["active"]:
+                    wanted.update(started_at=existing.started_at, ended_at=now)
+                elif wanted["active"] and not existing.active:
+                    wanted.update(started_at=now, ended_at=None)
+                else:
+                    wanted.update(started_at=existing.started_at, ended_at=existing.ended_at)
+                wanted_by_site[site_code] = wanted
+            primary = choose_primary(wanted_by_site, config)
+            for site_code, wanted in wanted_by_site.items():
+                wanted["primary"] = site_code == primary
+                existing = existing_affiliations[person_id].get(site_code)
+                if existing is None:
+                    new_affiliations.append({"person_id": person_id, "site": site_code, **wanted})
+                    result.audit.append(
+                        actor.event(
+                            now,
+                            "affiliation.opened",
+                            person_id=person_id,
+                            site=site_code,
+                            changes=_changes({}, wanted, AFFILIATION_FIELDS),
+                        )
                     )
                     continue
-                if existing.active and not wanted["active"]:
-                    wanted["ended_at"] = now
-                elif wanted["active"] and not existing.active:
-                    wanted["started_at"], wanted["ended_at"] = now, None
                 changes = {k: v for k, v in wanted.items() if getattr(existing, k) != v}
                 if changes:
                     changed_affiliations.append(
                         {"affiliation_id": existing.id, **_full(existing, changes, _AFFILIATION_COLUMNS)}
                     )
-            person = people[person_id]
+                    action = "affiliation.updated"
+                    if "active" in changes:
+                        action = "affiliation.opened" if wanted["active"] else "affiliation.closed"
+                    result.audit.append(
+                        actor.event(
+                            now,
+                            action,
+                            person_id=person_id,
+                            site=site_code,
+                            changes=_changes(existing._mapping, wanted, changes),
+                        )
+                    )
+            if person.status == PersonStatus.MERGED:
+                continue
+            values, provenance = derive_person(accounts[person_id], config.survivorship, primary)
             changes = {
                 name: value
-                for name, value in derive_person(accounts[person_id]).items()
+                for name, value in values.items()
                 if getattr(person, name) != value and not (name == "family_name" and not value)
             }
-            status = PersonStatus.ACTIVE if any_active else PersonStatus.SUSPENDED
-            if person.status == PersonStatus.ACTIVE and status == PersonStatus.SUSPENDED:
-                changes.update(status=status, suspended_at=now)
-                result.suspended += 1
-            elif person.status != PersonStatus.ACTIVE and status == PersonStatus.ACTIVE:
-                changes.update(status=status, suspended_at=None)
+            if changes or provenance != (person.provenance or {}):
+                changes["provenance"] = provenance
+            any_active = primary is not None
+            if person.status != PersonStatus.SUSPENDED and person.status != PersonStatus.DEPROVISIONED:
+                if not any_active:
+                    changes.update(status=PersonStatus.SUSPENDED, suspended_at=now)
+                    result.suspended += 1
+            elif any_active:
+                changes.update(status=PersonStatus.ACTIVE, suspended_at=None, deprovisioned_at=None)
                 result.reactivated += 1
             if changes:
                 changed_people.append(
                     {"person_id": person_id, **_full(person, changes, _PERSON_COLUMNS), "updated_at": now}
                 )
+                visible = {k: v for k, v in changes.items() if k != "provenance"}
+                if visible:
+                    names: dict[str, str] = {
+                        PersonStatus.SUSPENDED: "person.suspended",
+                        PersonStatus.ACTIVE: "person.reactivated",
+                    }
+                    result.audit.append(
+                        actor.event(
+                            now,
+                            names.get(visible.get("status", ""), "person.updated"),
+                            person_id=person_id,
+                            changes=_changes(person._mapping, visible, visible),
+                            reason="recomputed from the person's accounts",
+                        )
+                    )
         if new_affiliations:
             session.execute(insert(_AFFILIATION), new_affiliations)
         if changed_affiliations:
@@ -499,11 +911,53 @@ def refresh_people(session: Session, person_ids: Iterable[str], now: datetime) -
     return result
 
 
-_PERSON_COLUMNS = (*PERSON_FIELDS, "status", "suspended_at")
-_AFFILIATION_COLUMNS = (*AFFILIATION_FIELDS, "active", "started_at", "ended_at")
+def _changes(old: Any, new: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """{name: {from, to}} for the audit trail, datetimes as ISO text."""
+
+    def plain(value: Any) -> Any:
+        return value.isoformat() if isinstance(value, datetime) else value
+
+    return {
+        n: {"from": plain(old.get(n) if old else None), "to": plain(new.get(n))}
+        for n in names
+        if (old.get(n) if old else None) != new.get(n)
+    }
 
 
 def _full(row: Any, changes: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
     """Every updatable column of `row`, with `changes` applied: executemany needs the same keys in
     every parameter set."""
     return {name: changes.get(name, getattr(row, name)) for name in columns}
+
+
+def deprovision_expired(session: Session, grace_days: int, now: datetime, actor: Actor) -> int:
+    """People suspended for longer than the grace period become deprovisioned (kept, never deleted)."""
+    limit = now - timedelta(days=grace_days)
+    expired = [
+        row.id
+        for row in session.execute(
+            select(_PERSON.c.id).where(
+                _PERSON.c.status == PersonStatus.SUSPENDED, _PERSON.c.suspended_at <= limit
+            )
+        )
+    ]
+    for chunk in _chunks(expired, _CHUNK):
+        session.execute(
+            update(_PERSON)
+            .where(_PERSON.c.id.in_(chunk))
+            .values(status=PersonStatus.DEPROVISIONED, deprovisioned_at=now, updated_at=now)
+        )
+    write_audit(
+        session,
+        [
+            actor.event(
+                now,
+                "person.deprovisioned",
+                person_id=pid,
+                reason=f"suspended for more than {grace_days} days",
+                changes={"status": {"from": "suspended", "to": "deprovisioned"}},
+            )
+            for pid in expired
+        ],
+    )
+    return len(expired)

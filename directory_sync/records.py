@@ -16,7 +16,8 @@ class SourceRecord:
 
     `anchor` is the source's immutable identifier (LDAP entryUUID, AD objectGUID, or a configured key
     for file exports): it survives renames and moves, unlike the DN. Attribute names are lower-cased
-    (LDAP attribute names are case-insensitive) and every value is a list of strings.
+    (LDAP attribute names are case-insensitive) and every value is a list of strings. A record with
+    `enabled` False is an inactive account (disabled or expired at the source), not a deleted one.
     """
 
     site: str
@@ -25,6 +26,9 @@ class SourceRecord:
     attributes: Mapping[str, list[str]] = field(default_factory=dict)
     enabled: bool = True
     deleted: bool = False
+    #: What the source says of the account itself, beside its attributes (midPoint's activation): AD's
+    #: disabled, locked_out, password_never_expires, expires, object_sid... Strings, kept on the Account.
+    facts: Mapping[str, str] = field(default_factory=dict)
 
     def first(self, name: str) -> str | None:
         """The first value of attribute `name` (case-insensitive), or None."""

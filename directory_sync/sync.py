@@ -3,12 +3,18 @@
 A site whose source fails (down, refused, timed out, cut short) is recorded as a failed run and
 changes nothing; the other sites go on. Configuration is validated for every selected site before
 any site runs.
+
+A site is read completely (full) or only for what changed since its watermark (delta, see
+`directory_sync.delta`): delta when a valid watermark exists, full when asked, when there is none, or
+when the source refuses it, and the run says which and why. The new watermark is committed with the
+changes it covers. A run that writes holds its site's run lock (`directory_sync.locking`): a second run
+of the same site, from this host or another, is skipped.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +24,21 @@ from sqlmodel import col
 
 from .config import Settings, SiteMapping
 from .connectors import open_connector
+from .delta import SyncMode, WatermarkRejected, choose_mode, load_watermark, mapping_scope, save_watermark
 from .errors import ConfigError, SyncError
-from .mapping import Mapper
-from .reconcile import ActionKind, SitePlan, SitePlanner, apply_plan
+from .locking import SiteBusy, site_lock
+from .mapping import MappedAccount
+from .pipeline import MappedReader
+from .reconcile import (
+    ActionKind,
+    Actor,
+    RunContext,
+    SitePlan,
+    SitePlanner,
+    apply_plan,
+    closure_threshold_problem,
+    deprovision_expired,
+)
 from .store import RunStatus, Site, Store, SyncRun, utcnow
 
 #: Called as progress(site, entries_read_so_far) while a site is being read.
@@ -40,16 +58,24 @@ class SiteResult:
     unchanged: int = 0
     closed: int = 0
     suspended: int = 0
+    reviews: int = 0
     warnings: int = 0
     errors: int = 0
     error: str | None = None
     seconds: float = 0.0
     run_id: int | None = None
+    mode: str = SyncMode.FULL
+    mode_reason: str | None = None
     plan: SitePlan | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.status == RunStatus.SUCCEEDED
+
+    @property
+    def skipped(self) -> bool:
+        """Another run of the site held its lock: nothing was done, and nothing went wrong."""
+        return self.status == RunStatus.SKIPPED
 
     def as_dict(self, *, with_plan: bool = False) -> dict[str, Any]:
         data = {
@@ -66,11 +92,14 @@ class SiteResult:
                 "unchanged",
                 "closed",
                 "suspended",
+                "reviews",
                 "warnings",
                 "errors",
                 "error",
                 "seconds",
                 "run_id",
+                "mode",
+                "mode_reason",
             )
         }
         if with_plan and self.plan is not None:
@@ -98,35 +127,111 @@ def run_sync(
     *,
     sites: list[str] | None = None,
     dry_run: bool = False,
+    allow_closures: int = 0,
     progress: Progress | None = None,
+    full: bool = False,
 ) -> list[SiteResult]:
-    """Sync every selected site (all configured ones by default), one after the other."""
+    """Sync every selected site (all configured ones by default), one after the other.
+
+    Sites share one `RunContext`: people created or linked at one site are candidates at the next.
+    Then people suspended for longer than the grace period are deprovisioned.
+    """
     mappings = check_sites(settings, sites)
-    return [sync_site(site, settings, store, dry_run=dry_run, progress=progress) for site in mappings]
+    config = settings.correlation
+    with store.session() as session:
+        context = RunContext.load(session, config)
+    results = []
+    for site in mappings:
+        result = sync_site(
+            site,
+            settings,
+            store,
+            context,
+            dry_run=dry_run,
+            allow_closures=allow_closures,
+            progress=progress,
+            full=full,
+        )
+        if not result.ok and not dry_run:
+            with store.session() as session:  # forget what the failed site's plan put in the index
+                context = RunContext.load(session, config)
+        results.append(result)
+    if not dry_run:
+        with store.session() as session:
+            deprovision_expired(session, config.safety.grace_days, utcnow(), Actor("sync: grace period"))
+            session.commit()
+    return results
 
 
 def sync_site(
     site: SiteMapping,
     settings: Settings,
     store: Store,
+    context: RunContext,
     *,
     dry_run: bool = False,
+    allow_closures: int = 0,
     progress: Progress | None = None,
+    full: bool = False,
 ) -> SiteResult:
-    connector = open_connector(site)
-    mapper = Mapper(site, settings.professions)
+    """Sync one site under its run lock (a dry run, which writes nothing, takes none)."""
+    options: dict[str, Any] = {"allow_closures": allow_closures, "progress": progress, "full": full}
+    if dry_run:
+        return _sync_site(site, settings, store, context, dry_run=True, **options)
+    try:
+        with site_lock(store, site.code):
+            return _sync_site(site, settings, store, context, dry_run=False, **options)
+    except SiteBusy as busy:
+        url = open_connector(site).url
+        return SiteResult(site.code, url, RunStatus.SKIPPED, dry_run=False, error=busy.holder)
+
+
+def _sync_site(
+    site: SiteMapping,
+    settings: Settings,
+    store: Store,
+    context: RunContext,
+    *,
+    dry_run: bool,
+    allow_closures: int,
+    progress: Progress | None,
+    full: bool,
+) -> SiteResult:
+    reader = MappedReader(site, settings.professions)
     started = time.monotonic()
-    result = SiteResult(site=site.code, url=connector.url, status=RunStatus.RUNNING, dry_run=dry_run)
+    result = SiteResult(site=site.code, url=reader.url, status=RunStatus.RUNNING, dry_run=dry_run)
     run_id = None if dry_run else _start_run(store, site.code)
     result.run_id = run_id
     with store.session() as session:
-        planner = SitePlanner(session, site.code)
-        try:
-            for record in connector.read_all():
-                planner.add(mapper.map(record))
+        scope = mapping_scope(site)
+        delta_capable = reader.supports_delta
+        choice = choose_mode(
+            load_watermark(session, site.code),
+            scope,
+            supports_delta=delta_capable,
+            full=full,
+            kind=site.connection.kind,
+        )
+        result.mode, result.mode_reason = choice.mode, choice.reason
+        planner = SitePlanner(session, site.code, context)
+
+        def feed(accounts: Iterable[MappedAccount]) -> None:
+            for account in accounts:
+                planner.add(account)
                 if progress is not None and planner.plan.read % 500 == 0:
                     progress(site.code, planner.plan.read)
-            plan = planner.finish(complete=True)
+
+        try:
+            if choice.since is not None and reader.supports_delta:
+                try:
+                    feed(reader.read_changes(choice.since))
+                except WatermarkRejected as rejected:  # raised before the first record: nothing planned
+                    result.mode, result.mode_reason = SyncMode.FULL, rejected.problem
+                    feed(reader.read_all())
+            else:
+                feed(reader.read_all())
+            # Only a full read proves that an account not seen is gone; a delta closes what it reports.
+            plan = planner.finish(complete=result.mode == SyncMode.FULL)
         except SyncError as exc:
             session.rollback()
             result.url = exc.url
@@ -140,12 +245,36 @@ def sync_site(
             progress(site.code, plan.read)
         result.plan = plan
         _count(result, plan)
+        problem = closure_threshold_problem(
+            plan, settings.correlation.safety, already_closed=context.closures, allowed=allow_closures
+        )
+        if problem:
+            session.rollback()
+            result.status = RunStatus.FAILED
+            result.error = (
+                f"stopped before applying: {problem}. Nothing was changed. If the source is right, "
+                f"re-run with --allow-deletes {plan.count(ActionKind.CLOSE)}"
+            )
+            result.seconds = time.monotonic() - started
+            if run_id is not None:
+                _finish_run(store, run_id, result)
+            return result
         if not dry_run:
             now = utcnow()
             applied = apply_plan(
-                session, plan, Site(code=site.code, name=site.site.name, finess=site.site.finess), now
+                session,
+                plan,
+                Site(code=site.code, name=site.site.name, finess=site.site.finess),
+                now,
+                context,
+                Actor(f"sync run {run_id}", run_id),
             )
             result.suspended = applied.suspended
+            watermark = reader.watermark
+            if watermark is None and reader.supports_delta and reader.no_watermark_reason:
+                result.mode_reason = f"{result.mode_reason}; no watermark taken: {reader.no_watermark_reason}"
+            # In the same transaction as the changes: an interrupted run leaves the old watermark.
+            save_watermark(session, site.code, watermark, scope=scope, run_id=run_id, now=now)
             session.commit()
     result.status = RunStatus.SUCCEEDED
     result.seconds = time.monotonic() - started
@@ -161,6 +290,7 @@ def _count(result: SiteResult, plan: SitePlan) -> None:
     result.linked = plan.count(ActionKind.LINK)
     result.updated = plan.count(ActionKind.UPDATE)
     result.closed = plan.count(ActionKind.CLOSE)
+    result.reviews = plan.reviews
     result.errors = plan.count(ActionKind.REJECT)
     result.warnings = len(plan.warnings)
 
@@ -192,9 +322,12 @@ def _finish_run(store: Store, run_id: int, result: SiteResult) -> None:
             "unchanged",
             "closed",
             "suspended",
+            "reviews",
             "warnings",
             "errors",
             "error",
+            "mode",
+            "mode_reason",
         ):
             setattr(run, name, getattr(result, name))
         run.status = result.status

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
 from tests.servers.postgres import PostgresServer, start_postgres  # noqa: E402
+from tests.servers.samba import SambaDC, samba_unavailable, start_samba_dc  # noqa: E402
 from tests.servers.slapd import SlapdFactory, SlapdServer, Suffix, start_slapd  # noqa: E402
 
 
@@ -34,6 +35,26 @@ def slapd_factory(tmp_path: Path) -> Iterator[SlapdFactory]:
     yield factory
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def samba_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], SambaDC]]:
+    """Provision private Samba AD DCs for a test module: ``samba_factory("CHNIMES.TEST")`` (about 5 s
+    each; share one per module). Skipped, with the reason, where Samba cannot run (not root, not
+    installed). All are stopped at the module's end."""
+    reason = samba_unavailable()
+    if reason:
+        pytest.skip(reason)
+    dcs: list[SambaDC] = []
+
+    def factory(realm: str) -> SambaDC:
+        dc = start_samba_dc(tmp_path_factory.mktemp(f"samba-{realm.split('.')[0].lower()}"), realm)
+        dcs.append(dc)
+        return dc
+
+    yield factory
+    for dc in dcs:
+        dc.close()
 
 
 @pytest.fixture(scope="session")

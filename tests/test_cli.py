@@ -144,7 +144,8 @@ def test_unknown_person_is_one_line(workdir: Path) -> None:
     done = ght("people", "show", "nobody", cwd=workdir)
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        "error: no person matches 'nobody' (territorial id, RPPS, login, SITE\\login or email)"
+        "error: no person matches 'nobody' "
+        "(territorial id or login, RPPS, SITE\\login, source login or email)"
     )
 
 
@@ -173,3 +174,45 @@ def test_the_demo_runs_on_the_bundled_sample_and_a_second_run_changes_nothing(tm
         "ch-cavaillon",
     ]
     assert {a["profession"] for a in doctor["affiliations"]} == {"10"}
+
+
+def test_review_audit_and_restore_commands_on_the_demo(tmp_path: Path) -> None:
+    assert ght("demo", cwd=tmp_path).returncode == 0
+    env = {
+        "GHT_CONFIG": str(Path(__file__).resolve().parents[1] / "deploy/demo/ght.toml"),
+        "GHT_DATABASE_URL": "sqlite:///ght-demo.db",
+    }
+
+    def run(*args: str) -> Any:
+        done = ght(*args, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout) if "--json" in args else done.stdout
+
+    # The nurse at Carpentras (no RPPS, names in capitals without accents) waits for a human.
+    (case,) = run("review", "list", "--json")
+    assert (case["site"], case["login"]) == ("ch-carpentras", "BEREMA1")
+    (candidate,) = case["candidates"]
+    assert (candidate["name"], candidate["rule"]) == ("Marie-Hélène Bérenguier", "fuzzy_name")
+    shown = run("review", "show", str(case["id"]))
+    assert "Marie-Hélène Bérenguier" in shown and "same profession 60" in shown
+    run("review", "link", str(case["id"]), candidate["person"], "--by", "jdupont", "--note", "HR confirmed")
+    nurse = run("people", "show", "marie-helene.berenguier", "--json")
+    assert sorted(a["site"] for a in nurse["affiliations"]) == ["ch-avignon", "ch-carpentras"]
+    assert {a["linked_by"] for a in nurse["accounts"]} == {"created", "admin:jdupont"}
+    assert nurse["provenance"]["given_name"]["site"] == "ch-avignon"  # the primary site's spelling
+    assert run("review", "list", "--json") == []
+    again = ght("review", "link", str(case["id"]), candidate["person"], cwd=tmp_path, env=env)
+    assert again.returncode == 1 and "already decided (linked) by jdupont" in again.stderr
+
+    events = run("audit", "--person", "marie-helene.berenguier", "--json")
+    assert [e["action"] for e in events][-1] == "person.created"
+    linked = next(e for e in events if e["action"] == "review.linked")
+    assert (linked["actor"], linked["reason"]) == ("admin:jdupont", "HR confirmed")
+
+    split = run("review", "split", "marie-helene.berenguier", "ch-carpentras\\BEREMA1", "--by", "jdupont")
+    assert "now belongs to a new person" in split
+    plan = run("sync", "plan", "--json")
+    assert all(not s["actions"] for s in plan["sites"])  # the split is remembered: nothing to relink
+
+    restored = ght("people", "restore", "marie-helene.berenguier", cwd=tmp_path, env=env)
+    assert restored.returncode == 1 and "nothing to restore" in restored.stderr

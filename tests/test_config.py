@@ -55,7 +55,7 @@ def test_a_good_mapping_loads_with_defaults(tmp_path: Path) -> None:
     ("change", "key", "line", "message"),
     [
         (('finess: "840000087"', 'finess: "8400"'), "site.finess", 3, "9-character FINESS"),
-        (("kind: ldap", "kind: ad"), "connection.kind", 5, "expected kind 'ldap' or 'ldif'"),
+        (("kind: ldap", "kind: ad"), "connection.kind", 5, "kind 'ldap', 'active_directory' or 'ldif'"),
         (("url: ldaps://ldap.ch-test.fr", "url: http://ldap"), "connection.url", 6, "ldap:// or ldaps://"),
         (
             ("bind_password: {env: GHT_TEST_SECRET}", "bind_password: hunter2"),

@@ -21,7 +21,8 @@ def test_an_empty_database_gets_the_current_schema(database_url: str) -> None:
 def test_an_outdated_schema_must_be_upgraded_on_purpose(database_url: str) -> None:
     store = open_store(database_url)
     with store.engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = 'zzzz-unknown'"))
+        conn.execute(text("DELETE FROM alembic_version"))
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES ('zzzz-unknown')"))
     with pytest.raises(StoreError, match="which this version of ght does not know"):
         store.upgrade()
     with pytest.raises(StoreError, match="run `ght db upgrade`"):

@@ -10,27 +10,35 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import ldap3
 from ldap3.core import exceptions as ldap_errors
 from ldap3.core.results import RESULT_SIZE_LIMIT_EXCEEDED, RESULT_SUCCESS, RESULT_TIME_LIMIT_EXCEEDED
 
 from ..config import LdapConnection
+from ..delta import Watermark
 from ..errors import SourceReadIncomplete, SourceUnavailable
 from ..records import SourceRecord
+from . import syncrepl
 
 _CONNECT_ERRORS = (ldap_errors.LDAPSocketOpenError, ldap_errors.LDAPSocketSendError)
 _TIMEOUT_ERRORS = (ldap_errors.LDAPResponseTimeoutError, ldap_errors.LDAPSocketReceiveError)
 
 
 class LdapConnector:
+    #: Decoders of binary attributes (lower-case name -> text); other values are UTF-8, else hex.
+    value_decoders: Mapping[str, Callable[[bytes], str]] = {}
+
     def __init__(self, site: str, connection: LdapConnection, attributes: list[str]) -> None:
         self.site = site
         self.connection = connection
         self.attributes = attributes
         self._anchor = connection.anchor.lower()
         self._current_url = connection.urls[0]
+        #: Where the next delta starts (see DeltaConnector), set when a read completed.
+        self.watermark: Watermark | None = None
+        self.no_watermark_reason: str | None = None
 
     @property
     def url(self) -> str:
@@ -83,7 +91,7 @@ class LdapConnector:
             auto_referrals=False,
             return_empty_attributes=False,
         )
-        _decode_entries_lean(conn)
+        _decode_entries_lean(conn, self.value_decoders)
         try:
             conn.open()
             if self.connection.tls.start_tls and not conn.start_tls():
@@ -105,18 +113,61 @@ class LdapConnector:
 
     # -- reading ------------------------------------------------------------------------------------
 
-    def _pages(self, conn: ldap3.Connection, attributes: list[str]) -> Iterator[list[dict]]:
+    def _search_once(
+        self,
+        conn: ldap3.Connection,
+        base: str,
+        search_filter: str,
+        attributes: list[str],
+        *,
+        scope: str = ldap3.SUBTREE,
+        controls: list[tuple[str, bool, bytes | None]] | None = None,
+        dereference_aliases: str = ldap3.DEREF_ALWAYS,
+        size_limit: int = 0,
+    ) -> int:
+        """One unpaged search: its LDAP result code (entries in `conn.response`, controls in
+        `conn.result`). Raises SourceReadIncomplete when the server did not answer."""
+        timeout = self.connection.timeout
+        try:
+            conn.search(
+                base,
+                search_filter,
+                search_scope=scope,
+                attributes=attributes,
+                controls=controls,
+                dereference_aliases=dereference_aliases,
+                size_limit=size_limit,
+                time_limit=int(timeout),
+            )
+        except Exception as exc:
+            raise SourceReadIncomplete(
+                self.site, self.url, f"search cut short: {_describe(exc, timeout)}"
+            ) from None
+        return int(conn.result.get("result", -1))
+
+    def _pages(
+        self,
+        conn: ldap3.Connection,
+        attributes: list[str],
+        *,
+        base: str | None = None,
+        search_filter: str | None = None,
+        request_controls: list[tuple[str, bool, bytes | None]] | None = None,
+    ) -> Iterator[list[dict]]:
+        """Every page of a paged subtree search (the site's base DN and filter unless given)."""
         cookie: bytes | None = None
         timeout = self.connection.timeout
+        base = base or self.connection.base_dn
         while True:
             try:
                 conn.search(
-                    self.connection.base_dn,
-                    self.connection.filter,
+                    base,
+                    search_filter or self.connection.filter,
                     search_scope=ldap3.SUBTREE,
                     attributes=attributes,
                     paged_size=self.connection.page_size,
                     paged_cookie=cookie,
+                    controls=request_controls,
                     time_limit=int(timeout),
                 )
             except Exception as exc:
@@ -135,9 +186,7 @@ class LdapConnector:
             if code == RESULT_TIME_LIMIT_EXCEEDED:
                 raise SourceReadIncomplete(self.site, self.url, "search cut short by the server's time limit")
             if code == 32:  # noSuchObject
-                raise SourceUnavailable(
-                    self.site, self.url, f"base DN {self.connection.base_dn} does not exist"
-                )
+                raise SourceUnavailable(self.site, self.url, f"base DN {base} does not exist")
             if code != RESULT_SUCCESS:
                 raise SourceReadIncomplete(
                     self.site,
@@ -151,13 +200,26 @@ class LdapConnector:
                 return
 
     def read_all(self) -> Iterator[SourceRecord]:
+        self.watermark = None
         conn = self._open()
         try:
+            # Taken before reading: a change made during the read is read again next time, never lost.
+            watermark, self.no_watermark_reason = syncrepl.initial_watermark(self, conn)
             for page in self._pages(conn, self.attributes):
                 for entry in page:
                     if entry.get("type") != "searchResEntry":
                         continue  # referrals: not followed
                     yield self._record(entry)
+            self.watermark = watermark
+        finally:
+            _close(conn)
+
+    def read_changes(self, since: Watermark) -> Iterator[SourceRecord]:
+        """What changed since `since`, by a syncrepl refresh (see `syncrepl`); deletions included."""
+        self.watermark = None
+        conn = self._open()
+        try:
+            yield from syncrepl.read_changes(self, conn, since)
         finally:
             _close(conn)
 
@@ -188,14 +250,19 @@ class LdapConnector:
             _close(conn)
 
 
-def _decode_entries_lean(conn: ldap3.Connection) -> None:
+def _decode_entries_lean(
+    conn: ldap3.Connection, decoders: Mapping[str, Callable[[bytes], str]] | None = None
+) -> None:
     """Make this connection decode search entries straight into {lower-case name: [str]}.
 
     ldap3 builds every entry twice, as raw bytes and again through its schema formatters (a
     case-insensitive dict and configuration look-ups per value); the connector needs the values
     once, as text. On a 30,000-entry read that second pass was a quarter of the time. The override
     is on this connection's strategy object only; other messages keep ldap3's own decoding.
+    `decoders` turn binary attributes (AD's objectGUID, objectSid) into their text form. Controls
+    attached to an entry (syncrepl's Sync State) are kept.
     """
+    decoders = decoders or {}
     strategy = conn.strategy
     standard = strategy.decode_response_fast
 
@@ -208,14 +275,18 @@ def _decode_entries_lean(conn: ldap3.Connection) -> None:
             values = attribute[3][1][3]
             if values:
                 name = bytes(attribute[3][0][3]).decode("ascii").lower()
-                attributes[name] = [_decode(v[3]) for v in values]
+                decode = decoders.get(name, _decode)
+                attributes[name] = [decode(v[3]) for v in values]
         # ldap3's own post-processing (ranged retrieval) looks for both keys: give it the one dict.
-        return {
+        entry = {
             "type": "searchResEntry",
             "dn": _decode(payload[0][3]),
             "attributes": attributes,
             "raw_attributes": attributes,
         }
+        if ldap_message["controls"]:
+            entry["controls"] = dict(strategy.decode_control_fast(c[3]) for c in ldap_message["controls"])
+        return entry
 
     strategy.decode_response_fast = decode
 

@@ -87,10 +87,9 @@ class Store:
     def upgrade(self) -> tuple[str | None, str | None]:
         """Bring the schema to the newest revision. Safe to run twice. Returns (before, after)."""
         before = self.current_revision()
-        known = {
-            s.revision for s in ScriptDirectory.from_config(_alembic_config(self.engine)).walk_revisions()
-        }
-        if before is not None and before not in known:
+        scripts = ScriptDirectory.from_config(_alembic_config(self.engine))
+        known = {script.revision for script in scripts.walk_revisions()}
+        if before is not None and not set(before.split(",")) <= known:
             raise StoreError(
                 f"the database is at schema revision {before}, which this version of ght does not know "
                 "(it was written by a newer version): refusing to touch it"

@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Table, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, Table, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -38,7 +38,8 @@ def _when(nullable: bool = True) -> Any:
 class PersonStatus(enum.StrEnum):
     ACTIVE = "active"  # at least one active affiliation
     SUSPENDED = "suspended"  # no active affiliation left; kept, not deleted
-    DEPROVISIONED = "deprovisioned"
+    DEPROVISIONED = "deprovisioned"  # suspended for longer than the grace period
+    MERGED = "merged"  # a reviewer linked its accounts to another person (see merged_into)
 
 
 class AccountState(enum.StrEnum):
@@ -51,6 +52,7 @@ class RunStatus(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    SKIPPED = "skipped"  # another run of the same site held its lock (see directory_sync.locking)
 
 
 class Site(SQLModel, table=True):
@@ -60,12 +62,23 @@ class Site(SQLModel, table=True):
 
 
 class Person(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("login", name="uq_person_login"),)
+
     id: str = Field(default_factory=new_person_id, primary_key=True, max_length=32)
+    #: The territorial login (`prenom.nom`, ASCII), unique and never reused: people are never deleted.
+    login: str | None = Field(default=None, max_length=64)
     family_name: str
     given_name: str | None = None
+    birth_name: str | None = None
+    birth_date: str | None = Field(default=None, max_length=10)
     email: str | None = None
     rpps: str | None = Field(default=None, index=True, max_length=11)
+    adeli: str | None = Field(default=None, max_length=9)
     status: str = Field(default=PersonStatus.ACTIVE, index=True, max_length=16)
+    #: For each attribute: the site, account and time its value came from (survivorship's provenance).
+    provenance: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: A person merged into another by a reviewer keeps its row (and login) and points at the survivor.
+    merged_into: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
@@ -73,6 +86,7 @@ class Person(SQLModel, table=True):
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
     suspended_at: datetime | None = _when()
+    deprovisioned_at: datetime | None = _when()
 
 
 class Account(SQLModel, table=True):
@@ -87,6 +101,12 @@ class Account(SQLModel, table=True):
     person_id: str = Field(foreign_key="person.id", index=True, max_length=32)
     attributes: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     fingerprint: str = Field(max_length=64)
+    #: What the source says of the account beyond its attributes (AD: disabled, locked_out, expires...).
+    facts: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default=text("'{}'"))
+    )
+    #: Why the account belongs to its person: the correlation rule, "created", or "admin:<who>".
+    linked_by: str = Field(default="created", max_length=80)
     first_seen_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
@@ -106,7 +126,11 @@ class Affiliation(SQLModel, table=True):
     department: str | None = None
     title: str | None = None
     employee_id: str | None = None
+    #: Territorial roles at the site (from group membership, mappings' `roles:`), sorted, comma-separated.
+    roles: str | None = None
     active: bool = True
+    #: The person's home site among the active affiliations (rule in mappings/correlation.yaml).
+    primary: bool = False
     started_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
@@ -119,6 +143,8 @@ class SyncRun(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     site: str = Field(max_length=64)
     mode: str = Field(default="full", max_length=16)
+    #: Why the run was full or delta ("no watermark yet", "the cookie was refused"...).
+    mode_reason: str | None = None
     status: str = Field(default=RunStatus.RUNNING, max_length=16)
     started_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
@@ -131,6 +157,185 @@ class SyncRun(SQLModel, table=True):
     unchanged: int = 0
     closed: int = 0
     suspended: int = 0
+    reviews: int = 0
     warnings: int = 0
     errors: int = 0
     error: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Export to Entra ID (directory_sync.azure): what was last sent to the tenant, Entra Connect's
+# "connector space". A plan is the difference between the directory and these tables; no row holds a
+# secret (passwords are sent once and never kept).
+
+
+class ExportStatus(enum.StrEnum):
+    PENDING = "pending"  # a create was sent, its outcome is unknown: look up by employeeId first
+    EXPORTED = "exported"  # the cloud user exists and holds `sent`
+    REJECTED = "rejected"  # Graph refused the create (400): `error` says why; retried next push
+    DELETED = "deleted"  # soft-deleted in Entra (restorable for 30 days)
+
+
+class ExportState(SQLModel, table=True):
+    """One person's cloud user: its Entra object id and the attribute values last sent to it."""
+
+    __tablename__ = "azure_export_state"
+
+    person_id: str = Field(primary_key=True, max_length=32)
+    object_id: str | None = Field(default=None, index=True, max_length=64)
+    upn: str | None = Field(default=None, max_length=255)
+    employee_id: str = Field(index=True, max_length=16)
+    status: str = Field(default=ExportStatus.PENDING, max_length=16)
+    origin: str = Field(default="created", max_length=16)  # created, found (after a lost answer), adopted
+    sent: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    sent_hash: str | None = Field(default=None, max_length=64)
+    enabled: bool | None = None
+    error: str | None = None
+    exported_at: datetime | None = _when()
+    disabled_at: datetime | None = _when()
+    deleted_at: datetime | None = _when()
+
+
+class ExportGroup(SQLModel, table=True):
+    """A security group the export manages (per site, profession or role), keyed by a stable key."""
+
+    __tablename__ = "azure_export_group"
+
+    key: str = Field(primary_key=True, max_length=128)
+    object_id: str | None = Field(default=None, max_length=64)
+    display_name: str
+    mail_nickname: str = Field(max_length=64)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class ExportMembership(SQLModel, table=True):
+    """A member of a managed group in Entra, by object id, as last exported or read from the tenant
+    (members added by hand are known too, so that they can be removed)."""
+
+    __tablename__ = "azure_export_membership"
+
+    group_key: str = Field(primary_key=True, max_length=128)
+    member_id: str = Field(primary_key=True, max_length=64, index=True)
+
+
+class ExportRun(SQLModel, table=True):
+    """What one `ght azure push` or `ght azure adopt` did."""
+
+    __tablename__ = "azure_export_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    mode: str = Field(default="push", max_length=16)
+    status: str = Field(default=RunStatus.RUNNING, max_length=16)
+    started_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
+    finished_at: datetime | None = _when()
+    created: int = 0
+    updated: int = 0
+    disabled: int = 0
+    enabled: int = 0
+    restored: int = 0
+    deleted: int = 0
+    adopted: int = 0
+    rejected: int = 0
+    groups_created: int = 0
+    members_added: int = 0
+    members_removed: int = 0
+    requests: int = 0
+    writes: int = 0
+    throttled: int = 0
+    retries: int = 0
+    write_rate: float | None = None  # writes per second the tenant allowed, as learned: the next start
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Correlation: review cases, remembered decisions, and the audit trail.
+
+
+class ReviewStatus(enum.StrEnum):
+    OPEN = "open"
+    LINKED = "linked"  # a reviewer linked the account to a candidate
+    NEW = "new"  # a reviewer kept it as a person of its own
+
+
+class ReviewCase(SQLModel, table=True):
+    """An account that might belong to an existing person, waiting for a human. Meanwhile the account
+    has a provisional person of its own, so nobody is locked out and nobody is merged by guess."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    site: str = Field(max_length=64, index=True)
+    anchor: str = Field(max_length=255)
+    account_id: int = Field(foreign_key="account.id", index=True)
+    person_id: str = Field(max_length=32)  # the provisional person
+    status: str = Field(default=ReviewStatus.OPEN, max_length=16, index=True)
+    reason: str
+    candidates: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    opened_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    run_id: int | None = None
+    decided_at: datetime | None = _when()
+    decided_by: str | None = None
+    decision_note: str | None = None
+
+
+class LinkDecision(SQLModel, table=True):
+    """A human's decision about one source account, remembered so the same case is never reopened:
+    `link` to a person, keep as `new`, or `not` this person (after a split)."""
+
+    __table_args__ = (UniqueConstraint("site", "anchor", "kind", "person_id", name="uq_linkdecision"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    site: str = Field(max_length=64)
+    anchor: str = Field(max_length=255)
+    kind: str = Field(max_length=8)  # link | new | not
+    person_id: str | None = Field(default=None, max_length=32)
+    decided_by: str
+    decided_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class AuditEvent(SQLModel, table=True):
+    """Every change to a person or a link: when, who (a run or an admin), what, from what to what, why."""
+
+    __table_args__ = (Index("ix_auditevent_person_at", "person_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
+    actor: str = Field(max_length=120)  # "sync run 12" or "admin:jdupont"
+    run_id: int | None = None
+    person_id: str | None = Field(default=None, max_length=32)
+    site: str | None = Field(default=None, max_length=64)
+    action: str = Field(max_length=40)
+    changes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reason: str = ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Delta sync (directory_sync.delta): where the last complete read of each site left its source.
+
+
+class SiteWatermark(SQLModel, table=True):
+    """A site's watermark: written in the same transaction as the changes it covers, so that a delta
+    that did not finish is read again. `scope` is the digest of the mapping it was taken under."""
+
+    __tablename__ = "sync_watermark"
+
+    site: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=16)  # ad-usn | syncrepl
+    source: str  # the DC (and its invocationId) or the server and base DN the value is valid on
+    value: str
+    state: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default=text("'{}'"))
+    )
+    scope: str = Field(max_length=64)
+    run_id: int | None = None
+    stored_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )

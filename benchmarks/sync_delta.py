@@ -1,0 +1,404 @@
+"""Delta sync cost: a delta run after 1% of accounts changed, against a full run over the same changes.
+
+Two sources, each measured the same way, on this machine:
+
+- **OpenLDAP**: the seeded synthetic GHT (`directory_sync.synthetic`: default 10 hospitals, 100,000
+  accounts) in one private slapd with syncprov (one database per hospital); delta by syncrepl.
+- **Active Directory**: one hospital of at least 10,000 users in a private Samba AD DC (added over LDAP,
+  without passwords), with nested role groups; delta by uSNChanged. Needs root (Samba); skipped
+  otherwise, with the reason.
+
+For each: `ght sync run` (its own process, Python start-up included) creates the directory (full),
+then 1% of the accounts change at the source (70% modified, 15% added, 15% deleted); the directory
+file is copied, and the same changes are synchronised once by a delta run (the default) and once by
+`--full` on the copy. Both directories are then compared (they must be the same) and the delta's cost
+is printed as a share of the full run's.
+
+Usage: python benchmarks/sync_delta.py [--accounts 100000] [--sites 10] [--ad-users 10000]
+       [--changed 0.01] [--skip-ldap] [--skip-ad]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ldap3
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import select  # noqa: E402
+
+from directory_sync.config import load_settings  # noqa: E402
+from directory_sync.connectors import DeltaConnector, open_connector  # noqa: E402
+from directory_sync.delta import Watermark  # noqa: E402
+from directory_sync.store import SiteWatermark, open_store  # noqa: E402
+from directory_sync.synthetic import SiteSpec, generate, job_title_map  # noqa: E402
+from tests.ad_sites import differences, directory_snapshot  # noqa: E402
+from tests.servers.samba import samba_unavailable, start_samba_dc  # noqa: E402
+from tests.servers.slapd import SlapdServer, Suffix, start_slapd  # noqa: E402
+
+MODIFIED, ADDED = 0.70, 0.15  # the rest of the changed accounts are deleted
+
+
+def ght_sync(config: Path, database: Path, *options: str) -> tuple[dict[str, Any], float]:
+    """`ght sync run --json` as its own process on `database`: (result, wall-clock seconds)."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import cli; cli.main()",
+            "--config",
+            str(config),
+            "sync",
+            "run",
+            "--json",
+            *options,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "GHT_DATABASE_URL": f"sqlite:///{database}"},
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(
+            f"ght sync run {' '.join(options)} failed ({done.returncode}): {done.stderr[-2000:]}"
+        )
+    return json.loads(done.stdout), seconds
+
+
+def summary(result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    sites = result["sites"]
+    assert all(s["status"] == "succeeded" for s in sites), [s["error"] for s in sites]
+    read = sum(s["read"] for s in sites)
+    return {
+        "seconds": round(seconds, 2),
+        "seconds_in_sync": round(sum(s["seconds"] for s in sites), 2),  # without start-up and set-up
+        "read": read,
+        "entries_per_s": round(read / seconds),
+        "modes": sorted({s["mode"] for s in sites}),
+        "created": sum(s["created"] for s in sites),
+        "updated": sum(s["updated"] for s in sites),
+        "closed": sum(s["closed"] for s in sites),
+        "unchanged": sum(s["unchanged"] for s in sites),
+    }
+
+
+def source_reads(config: Path, work: Path) -> dict[str, Any]:
+    """The connectors alone, in this process: every site's delta read from its stored watermark, then
+    its full read (no mapping, no store): what the delta mechanism itself costs against a full read."""
+    settings = load_settings(config)
+    with open_store(f"sqlite:///{work}/bench.db").session() as session:
+        stored = {w.site: w for w in session.execute(select(SiteWatermark)).scalars()}
+    delta_records = full_records = 0
+    delta_seconds = full_seconds = 0.0
+    for site in settings.load_sites():
+        watermark = stored[site.code]
+        connector = open_connector(site)
+        assert isinstance(connector, DeltaConnector)
+        started = time.perf_counter()
+        delta_records += sum(1 for _ in connector.read_changes(Watermark(**_fields(watermark))))
+        delta_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        full_records += sum(1 for _ in connector.read_all())
+        full_seconds += time.perf_counter() - started
+    return {
+        "delta_read": {"records": delta_records, "seconds": round(delta_seconds, 3)},
+        "full_read": {"records": full_records, "seconds": round(full_seconds, 2)},
+        "delta_read_share_of_full_read": round(delta_seconds / full_seconds, 3),
+    }
+
+
+def _fields(row: SiteWatermark) -> dict[str, Any]:
+    return {"kind": row.kind, "source": row.source, "value": row.value, "state": row.state}
+
+
+def compare(config: Path, work: Path, changed: int) -> dict[str, Any]:
+    """Copy the directory; synchronise the changes by delta on one, by full on the other; compare."""
+    reads = source_reads(config, work)
+    shutil.copy(work / "bench.db", work / "full.db")
+    delta, delta_seconds = ght_sync(config, work / "bench.db")
+    full, full_seconds = ght_sync(config, work / "full.db", "--full")
+    problems = differences(
+        directory_snapshot(open_store(f"sqlite:///{work}/bench.db")),
+        directory_snapshot(open_store(f"sqlite:///{work}/full.db")),
+    )
+    delta_summary, full_summary = summary(delta, delta_seconds), summary(full, full_seconds)
+    return {
+        "accounts_changed_at_the_source": changed,
+        "connectors_alone": reads,
+        "delta": delta_summary,
+        "full_over_the_same_changes": full_summary,
+        "delta_cost_share_of_full": round(delta_seconds / full_seconds, 3),
+        "delta_cost_share_of_full_in_sync": round(
+            delta_summary["seconds_in_sync"] / full_summary["seconds_in_sync"], 3
+        ),
+        "directories_identical": not problems,
+        "differences": problems[:5],
+    }
+
+
+# -- OpenLDAP: the synthetic GHT ---------------------------------------------------------------------
+
+
+def ldap_changes(
+    server: SlapdServer, specs: list[SiteSpec], accounts: dict[str, list[Any]], share: float
+) -> int:
+    """Change `share` of the accounts of every site over LDAP, as the rootDN; how many changed."""
+    rng = random.Random(7)
+    total = 0
+    for spec in specs:
+        chosen = rng.sample(accounts[spec.code], round(len(accounts[spec.code]) * share))
+        modified = chosen[: round(len(chosen) * MODIFIED)]
+        deleted = chosen[len(modified) + round(len(chosen) * ADDED) :]
+        added = len(chosen) - len(modified) - len(deleted)
+        with ldap3.Connection(
+            server.url, server.root_dn(spec.suffix), server.root_password, auto_bind=True
+        ) as conn:
+            for account in modified:
+                title = "telephoneNumber"
+                conn.modify(
+                    account.dn, {title: [(ldap3.MODIFY_REPLACE, [f"+33 4 90 00 {rng.randrange(10**4):04d}"])]}
+                )
+                conn.modify(
+                    account.dn, {"employeeNumber": [(ldap3.MODIFY_REPLACE, [f"N{rng.randrange(10**6):06d}"])]}
+                )
+            for account in deleted:
+                conn.delete(account.dn)
+            for n in range(added):
+                uid = f"nouveau{n:05d}"
+                conn.add(
+                    f"uid={uid},ou=people,{spec.suffix}",
+                    ["top", "person", "organizationalPerson", "inetOrgPerson"],
+                    {
+                        "uid": uid,
+                        "cn": f"Nouvel Agent {n}",
+                        "sn": "Agent",
+                        "givenName": "Nouvel",
+                        "title": "Infirmier",
+                    },
+                )
+        total += len(chosen)
+    return total
+
+
+def bench_ldap(work: Path, accounts: int, sites: int, share: float) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ght = generate(seed=1, sites=sites, accounts=accounts)
+    suffixes = []
+    for spec in ght.sites:
+        path = work / f"{spec.code}.ldif"
+        ght.write_ldif(spec.code, path)
+        suffixes.append(Suffix(spec.suffix, path))
+    server = start_slapd(work / "slapd", suffixes)  # with syncprov (session log of 10,000 changes)
+    setup = time.perf_counter() - t0
+    try:
+        secret = work / "bind.password"
+        secret.write_text(server.reader_password)
+
+        def connection_for(spec: SiteSpec) -> dict[str, Any]:
+            return {
+                "kind": "ldap",
+                "url": server.url,
+                "bind_dn": server.reader_dn(spec.suffix),
+                "bind_password": {"file": str(secret)},
+                "base_dn": f"ou=people,{spec.suffix}",
+                "page_size": 500,
+            }
+
+        ght.write_mappings(work / "mappings", connection_for)
+        config = _config(work, [s.code for s in ght.sites])
+        first, first_seconds = ght_sync(config, work / "bench.db")
+        changed = ldap_changes(server, ght.sites, {s.code: ght.accounts(s.code) for s in ght.sites}, share)
+        figures = compare(config, work, changed)
+    finally:
+        server.stop()
+    return {
+        "source": f"slapd {_slapd_version()}, {sites} databases (one per hospital), syncprov, loopback",
+        "set_up_seconds": round(setup, 1),
+        "first_run_full": summary(first, first_seconds),
+        **figures,
+    }
+
+
+# -- Active Directory: one large hospital on Samba ---------------------------------------------------
+
+
+def bench_ad(work: Path, users: int, share: float) -> dict[str, Any]:
+    reason = samba_unavailable()
+    if reason:
+        return {"skipped": reason}
+    ght = generate(seed=2, sites=1, accounts=users)
+    spec = ght.sites[0]
+    t0 = time.perf_counter()
+    dc = start_samba_dc(work / "samba", "CHBENCH.TEST")
+    try:
+        provisioned = time.perf_counter() - t0
+        staff = dc.add_ou("Personnel")
+        groups = dc.add_ou("Groupes")
+        t1 = time.perf_counter()
+        doctors: list[str] = []
+        rows = []
+        for account in ght.accounts(spec.code):
+            a = {k: v[0] for k, v in account.attributes.items() if k != "objectClass"}
+            row = {
+                "sam": a["uid"],
+                "given": a.get("givenName", "-").strip() or "-",
+                "family": a["sn"].strip() or "-",
+                "title": a["title"].strip() or "-",
+                "department": a.get("ou", "-").strip() or "-",
+                "employeeNumber": a["employeeNumber"],
+            }
+            if a.get("mail"):
+                row["mail"] = a["mail"]
+            if a.get("businessCategory"):
+                row["employeeID"] = a["businessCategory"]
+                doctors.append(f"CN={a['uid']},{staff}")
+            rows.append(row)
+        dc.add_users(staff, rows)
+        loaded = time.perf_counter() - t1
+        emergency = [dn for dn in doctors[: len(doctors) // 3]]
+        urgentistes = dc.add_group(groups, "GG-Urgentistes", emergency)
+        dc.add_group(groups, "GG-Medecins", [urgentistes, *doctors[len(doctors) // 3 :]])
+
+        mappings = work / "mappings"
+        mappings.mkdir()
+        document = {
+            "site": {"code": spec.code, "name": spec.name, "finess": spec.finess},
+            "connection": {
+                "kind": "active_directory",
+                "url": dc.url,
+                "bind_dn": dc.reader,
+                "bind_password": {"file": str(dc.reader_password_file)},
+                "base_dn": staff,
+                "page_size": 1000,
+            },
+            "attributes": {
+                "login": "sAMAccountName",
+                "family_name": {"from": "sn", "transforms": ["trim", "name_case"]},
+                "given_name": {"from": "givenName", "transforms": ["trim", "name_case"]},
+                "email": {"from": "mail", "transforms": ["trim", "lower"]},
+                "rpps": {"from": "employeeID", "transforms": ["digits"]},
+                "profession": {"from": "title", "transforms": ["trim", "lower", {"map": "job_titles"}]},
+                "department": {"from": "department", "transforms": ["trim"]},
+                "title": {"from": "title", "transforms": ["trim"]},
+                "employee_id": "employeeNumber",
+            },
+            "value_maps": {"job_titles": job_title_map(spec.dialect)},
+            "roles": {"nested": True, "groups": {"GG-Medecins": "medecin", "GG-Urgentistes": "urgentiste"}},
+        }
+        (mappings / f"{spec.code}.yaml").write_text(
+            yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
+        )
+        config = _config(work, [spec.code])
+        first, first_seconds = ght_sync(config, work / "bench.db")
+
+        rng = random.Random(7)
+        chosen = rng.sample([f"CN={r['sam']},{staff}" for r in rows], round(users * share))
+        modified = chosen[: round(len(chosen) * MODIFIED)]
+        deleted = chosen[len(modified) + round(len(chosen) * ADDED) :]
+        added = len(chosen) - len(modified) - len(deleted)
+        for dn in modified:
+            dc.replace(dn, department=rng.choice(["Réanimation", "Urgences", "Cardiologie", "Pédiatrie"]))
+        for dn in deleted:
+            dc.delete(dn)
+        dc.add_users(
+            staff,
+            [
+                {"sam": f"nouv{n:05d}", "given": "Nouvel", "family": "Agent", "title": "Infirmier"}
+                for n in range(added)
+            ],
+        )
+        figures = compare(config, work, len(chosen))
+    finally:
+        dc.close()
+    return {
+        "source": f"Samba {_samba_version()} AD DC (private, loopback, one process), users without passwords",
+        "users": users,
+        "set_up_seconds": {"provision": round(provisioned, 1), "add_users_over_ldap": round(loaded, 1)},
+        "first_run_full": summary(first, first_seconds),
+        **figures,
+    }
+
+
+# -- common ------------------------------------------------------------------------------------------
+
+
+def _config(work: Path, sites: list[str]) -> Path:
+    (work / "mappings" / "codes").mkdir(parents=True, exist_ok=True)
+    (work / "mappings" / "codes" / "g15.yaml").write_text((ROOT / "mappings/codes/g15.yaml").read_text())
+    config = work / "ght.toml"
+    database = f"sqlite:///{work}/bench.db"
+    config.write_text(
+        f'database_url = "{database}"\nmappings_dir = "mappings"\nsites = {json.dumps(sites)}\n'
+    )
+    return config
+
+
+def _slapd_version() -> str:
+    done = subprocess.run(["/usr/sbin/slapd", "-VV"], capture_output=True, text=True)
+    words = (done.stdout + done.stderr).split()
+    return next((w for w in words if w[:1].isdigit()), "?")
+
+
+def _samba_version() -> str:
+    done = subprocess.run(["samba", "--version"], capture_output=True, text=True)
+    return done.stdout.strip().removeprefix("Version ")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--sites", type=int, default=10)
+    parser.add_argument("--ad-users", type=int, default=10_000)
+    parser.add_argument("--changed", type=float, default=0.01, help="share of accounts changed (0.01: 1%%)")
+    parser.add_argument("--skip-ldap", action="store_true")
+    parser.add_argument("--skip-ad", action="store_true")
+    args = parser.parse_args()
+
+    report: dict[str, Any] = {}
+    if not args.skip_ldap:
+        with tempfile.TemporaryDirectory(prefix="ght-bench-delta-") as tmp:
+            report["openldap_synthetic_ght"] = bench_ldap(Path(tmp), args.accounts, args.sites, args.changed)
+    if not args.skip_ad:
+        with tempfile.TemporaryDirectory(prefix="ght-bench-delta-ad-") as tmp:
+            report["active_directory_samba"] = bench_ad(Path(tmp), args.ad_users, args.changed)
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    report["conditions"] = {
+        "store": "SQLite (file, WAL), one per run",
+        "python": platform.python_version(),
+        "ldap3": ldap3.__version__,
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "changes": f"{args.changed:.0%} of accounts: {MODIFIED:.0%} modified, {ADDED:.0%} added, "
+        f"{1 - MODIFIED - ADDED:.0%} deleted",
+        "target": "delta_cost_share_of_full <= 0.05",
+    }
+    print(yaml.safe_dump(report, sort_keys=False, allow_unicode=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""OpenLDAP delta reads: the Content Synchronization Operation (syncrepl, RFC 4533), refreshOnly mode.
+
+The server (slapd with the syncprov overlay) answers a search carrying a Sync Request control and a
+cookie with the entries added or changed since the cookie, whole, and the entryUUIDs of the entries
+deleted or moved out of the search's scope since then (from its session log), then a new cookie.
+ldap3 has no syncrepl helper: the controls are encoded and decoded here with pyasn1.
+
+When the session log no longer covers the cookie, slapd answers with the *present* phase instead (every
+entry still there, to be compared with a full copy); a garbled cookie is answered with the whole
+content and no cookie. Neither is a delta this service can apply: both raise `WatermarkRejected` and the
+site is read completely, which is just as correct and says why.
+
+Deletions are reported by entryUUID only, so a delta needs the site's anchor to be entryUUID (the
+default); with another anchor the connector takes no watermark and every run is full.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import ldap3
+from ldap3.core.results import (
+    RESULT_NO_SUCH_OBJECT,
+    RESULT_SIZE_LIMIT_EXCEEDED,
+    RESULT_SUCCESS,
+    RESULT_UNAVAILABLE_CRITICAL_EXTENSION,
+)
+from pyasn1.codec.ber import decoder, encoder
+from pyasn1.error import PyAsn1Error
+from pyasn1.type import namedtype, namedval, tag, univ
+
+from ..delta import Watermark, WatermarkRejected
+from ..errors import SourceReadIncomplete, SourceUnavailable
+from ..records import SourceRecord
+
+if TYPE_CHECKING:
+    from .ldap import LdapConnector
+
+SYNC_REQUEST_OID = "1.3.6.1.4.1.4203.1.9.1.1"
+SYNC_STATE_OID = "1.3.6.1.4.1.4203.1.9.1.2"
+SYNC_DONE_OID = "1.3.6.1.4.1.4203.1.9.1.3"
+SYNC_INFO_OID = "1.3.6.1.4.1.4203.1.9.1.4"
+#: e-syncRefreshRequired: the server asks the client to start again from scratch.
+E_SYNC_REFRESH_REQUIRED = 4096
+WATERMARK_KIND = "syncrepl"
+
+# A filter no entry matches: asking for the content under it gives the current cookie and nothing else.
+_NOTHING = "(entryUUID=00000000-0000-0000-0000-000000000000)"
+
+# -- RFC 4533 section 2: the ASN.1 of the controls and of the Sync Info message -----------------------
+
+
+class _Mode(univ.Enumerated):
+    namedValues = namedval.NamedValues(("refreshOnly", 1), ("refreshAndPersist", 3))
+
+
+class _SyncRequestValue(univ.Sequence):
+    componentType = namedtype.NamedTypes(
+        namedtype.NamedType("mode", _Mode()),
+        namedtype.OptionalNamedType("cookie", univ.OctetString()),
+        namedtype.DefaultedNamedType("reloadHint", univ.Boolean(False)),
+    )
+
+
+class _State(univ.Enumerated):
+    namedValues = namedval.NamedValues(("present", 0), ("add", 1), ("modify", 2), ("delete", 3))
+
+
+class _SyncStateValue(univ.Sequence):
+    componentType = namedtype.NamedTypes(
+        namedtype.NamedType("state", _State()),
+        namedtype.NamedType("entryUUID", univ.OctetString()),
+        namedtype.OptionalNamedType("cookie", univ.OctetString()),
+    )
+
+
+class _SyncDoneValue(univ.Sequence):
+    componentType = namedtype.NamedTypes(
+        namedtype.OptionalNamedType("cookie", univ.OctetString()),
+        namedtype.DefaultedNamedType("refreshDeletes", univ.Boolean(False)),
+    )
+
+
+def _context(number: int, constructed: bool) -> tag.Tag:
+    return tag.Tag(
+        tag.tagClassContext, tag.tagFormatConstructed if constructed else tag.tagFormatSimple, number
+    )
+
+
+class _RefreshPhase(univ.Sequence):
+    componentType = namedtype.NamedTypes(
+        namedtype.OptionalNamedType("cookie", univ.OctetString()),
+        namedtype.DefaultedNamedType("refreshDone", univ.Boolean(True)),
+    )
+
+
+class _SyncIdSet(univ.Sequence):
+    componentType = namedtype.NamedTypes(
+        namedtype.OptionalNamedType("cookie", univ.OctetString()),
+        namedtype.DefaultedNamedType("refreshDeletes", univ.Boolean(False)),
+        namedtype.NamedType("syncUUIDs", univ.SetOf(componentType=univ.OctetString())),
+    )
+
+
+class _SyncInfoValue(univ.Choice):
+    componentType = namedtype.NamedTypes(
+        namedtype.NamedType("newcookie", univ.OctetString().subtype(implicitTag=_context(0, False))),
+        namedtype.NamedType("refreshDelete", _RefreshPhase().subtype(implicitTag=_context(1, True))),
+        namedtype.NamedType("refreshPresent", _RefreshPhase().subtype(implicitTag=_context(2, True))),
+        namedtype.NamedType("syncIdSet", _SyncIdSet().subtype(implicitTag=_context(3, True))),
+    )
+
+
+def request_control(cookie: bytes | None) -> tuple[str, bool, bytes]:
+    """The Sync Request control for a refreshOnly search, resuming from `cookie` if given."""
+    value = _SyncRequestValue()
+    value["mode"] = "refreshOnly"
+    if cookie is not None:
+        value["cookie"] = cookie
+    return (SYNC_REQUEST_OID, True, encoder.encode(value))
+
+
+def _optional(component: Any) -> bytes | None:
+    return bytes(component) if component.isValue else None
+
+
+def _uuid_text(raw: bytes) -> str:
+    """A syncUUID (16 octets) in entryUUID's text form (RFC 4530: lower-case, hyphenated)."""
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+@dataclass
+class Refresh:
+    """What one refreshOnly search brought back."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)  # added or changed entries, whole
+    deleted: list[str] = field(default_factory=list)  # entryUUIDs deleted or gone out of scope
+    cookie: bytes | None = None  # the newest cookie the server sent (None: nothing new)
+    present_phase: bool = False  # the server fell back to the present phase: not a usable delta
+    empty_cookie: bool = False  # the server ignored the cookie and sent the whole content
+
+
+def _parse(response: list[dict[str, Any]], controls: dict[str, Any]) -> Refresh:
+    """Sort a refreshOnly answer into changed entries, deleted entryUUIDs and the newest cookie."""
+    refresh = Refresh()
+
+    def take(cookie: bytes | None) -> None:
+        if cookie is None:
+            return
+        if not cookie:
+            refresh.empty_cookie = True
+        refresh.cookie = cookie
+
+    for message in response:
+        kind = message.get("type")
+        if kind == "intermediateResponse" and message.get("responseName") == SYNC_INFO_OID:
+            info, _ = decoder.decode(message["responseValue"], asn1Spec=_SyncInfoValue())
+            name = info.getName()
+            if name == "newcookie":
+                take(bytes(info["newcookie"]))
+            elif name == "refreshPresent":
+                refresh.present_phase = True
+                take(_optional(info["refreshPresent"]["cookie"]))
+            elif name == "refreshDelete":
+                take(_optional(info["refreshDelete"]["cookie"]))
+            else:
+                id_set = info["syncIdSet"]
+                take(_optional(id_set["cookie"]))
+                if id_set["refreshDeletes"]:
+                    refresh.deleted.extend(_uuid_text(u) for u in id_set["syncUUIDs"])
+                else:
+                    refresh.present_phase = True
+        elif kind == "searchResEntry":
+            control = (message.get("controls") or {}).get(SYNC_STATE_OID)
+            if control is None:
+                raise PyAsn1Error(f"entry {message.get('dn')} came without a Sync State control")
+            state, _ = decoder.decode(control["value"], asn1Spec=_SyncStateValue())
+            take(_optional(state["cookie"]))
+            name = state["state"].prettyPrint()
+            if name == "present":
+                refresh.present_phase = True
+            elif name == "delete":
+                refresh.deleted.append(_uuid_text(state["entryUUID"]))
+            else:
+                refresh.entries.append(message)
+    done = controls.get(SYNC_DONE_OID)
+    if done is not None:
+        value, _ = decoder.decode(done["value"], asn1Spec=_SyncDoneValue())
+        take(_optional(value["cookie"]))
+        if not value["refreshDeletes"]:
+            refresh.present_phase = True
+    return refresh
+
+
+# -- reading through an LdapConnector --------------------------------------------------------------
+
+
+def _refresh(
+    connector: LdapConnector, conn: ldap3.Connection, search_filter: str, cookie: bytes | None
+) -> Refresh | int:
+    """One refreshOnly search; the parsed answer, or the LDAP result code when it failed."""
+    code = connector._search_once(
+        conn,
+        connector.connection.base_dn,
+        search_filter,
+        connector.attributes,
+        controls=[request_control(cookie)],
+        # slapd refuses syncrepl with ldap3's default derefAliases ("illegal value for derefAliases").
+        dereference_aliases=ldap3.DEREF_NEVER,
+    )
+    if code != RESULT_SUCCESS:
+        return code
+    try:
+        return _parse(conn.response or [], conn.result.get("controls") or {})
+    except PyAsn1Error as exc:
+        raise SourceReadIncomplete(
+            connector.site, connector.url, f"malformed syncrepl answer from the server: {exc}"
+        ) from None
+
+
+def initial_watermark(
+    connector: LdapConnector, conn: ldap3.Connection
+) -> tuple[Watermark | None, str | None]:
+    """The watermark to take *before* a full read: the server's current cookie for the site's base DN.
+
+    Returns (None, why) when there can be no delta for this site: another anchor than entryUUID, or a
+    server without the syncprov overlay on this database.
+    """
+    if connector.connection.anchor.lower() != "entryuuid":
+        return None, (
+            f"the anchor is {connector.connection.anchor}, but syncrepl reports deletions by entryUUID: "
+            "every run of this site is a full read"
+        )
+    answer = _refresh(connector, conn, f"(&{connector.connection.filter}{_NOTHING})", None)
+    if answer == RESULT_UNAVAILABLE_CRITICAL_EXTENSION:
+        return (
+            None,
+            "the server does not offer syncrepl (no syncprov overlay on this database): full reads only",
+        )
+    if isinstance(answer, int):
+        return None, f"the server refused a syncrepl search (result code {answer}): full reads only"
+    if not answer.cookie:
+        return None, "the server gave no syncrepl cookie: full reads only"
+    return _watermark(connector, answer.cookie), None
+
+
+def _watermark(connector: LdapConnector, cookie: bytes) -> Watermark:
+    return Watermark(
+        kind=WATERMARK_KIND,
+        source=f"{connector.connection.base_dn} on {connector.url}",
+        value=base64.b64encode(cookie).decode("ascii"),
+    )
+
+
+def read_changes(
+    connector: LdapConnector, conn: ldap3.Connection, since: Watermark
+) -> Iterator[SourceRecord]:
+    """Yield what changed under the site's base DN since `since`; set `connector.watermark` at the end.
+
+    The whole answer is checked before the first record is yielded: a refused or expired cookie raises
+    `WatermarkRejected` while nothing has been planned yet.
+    """
+    site, url = connector.site, connector.url
+    if since.kind != WATERMARK_KIND:
+        raise WatermarkRejected(
+            site, url, f"the stored watermark is of kind {since.kind}, not a syncrepl cookie"
+        )
+    cookie = base64.b64decode(since.value)
+    answer = _refresh(connector, conn, connector.connection.filter, cookie)
+    if answer == E_SYNC_REFRESH_REQUIRED:
+        raise WatermarkRejected(
+            site, url, "the server refused the stored syncrepl cookie (e-syncRefreshRequired): full read"
+        )
+    if answer == RESULT_SIZE_LIMIT_EXCEEDED:
+        raise WatermarkRejected(
+            site,
+            url,
+            "more changes than the server's size limit lets one syncrepl search return: full (paged) read",
+        )
+    if answer == RESULT_NO_SUCH_OBJECT:
+        raise SourceUnavailable(site, url, f"base DN {connector.connection.base_dn} does not exist")
+    if isinstance(answer, int):
+        raise SourceReadIncomplete(site, url, f"syncrepl search failed with result code {answer}")
+    if answer.present_phase or answer.empty_cookie:
+        raise WatermarkRejected(
+            site,
+            url,
+            "the server no longer holds the changes since the stored syncrepl cookie "
+            "(session log exceeded, or the cookie is not its own): full read",
+        )
+    for entry in answer.entries:
+        yield connector._record(entry)
+    for anchor in answer.deleted:
+        yield SourceRecord(site=site, anchor=anchor, dn="", deleted=True)
+    connector.watermark = _watermark(connector, answer.cookie or cookie)

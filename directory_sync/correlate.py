@@ -1,0 +1,329 @@
+"""Correlation: which territorial person does a new source account belong to?
+
+Rules are tried against every plausible candidate person, each rule with a confidence (configured in
+`mappings/correlation.yaml`, see `CorrelationConfig`):
+
+- national_id: the same RPPS, or ADELI (checksum-validated upstream; idNat_PS forms are normalised);
+- email: the same professional email;
+- name_and_birth_date: the same normalised family name (usage or birth name), given name and birth date;
+- fuzzy_name: Jaro-Winkler similarity of the family names and of the given names (each compared on
+  its own: comparing "given family" as one string lets a shared first name hide a different family)
+  within the same profession.
+
+A candidate's score is the best confidence among the rules it satisfies (fuzzy scaled by similarity).
+Vetoes, whatever else matches: a conflicting national id or birth date (a different human), and, short
+of a national id match, a candidate who already holds an account at the account's own site (hospital
+directories hold one account per person: two at one site with one name are homonyms). Two different
+names claiming one national id is a data error: a review, never an automatic link. Above the
+auto-link threshold the account is linked; between the thresholds a review case is opened with the
+candidates, their scores and the evidence; below, a new person is created.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from rapidfuzz.distance import JaroWinkler
+
+from .config import CorrelationConfig
+from .mapping import to_ascii
+
+#: A review case lists at most this many candidates (common names at the same profession are many).
+_MAX_CANDIDATES = 20
+
+# Particles and articles dropped from family names before comparing ("de La Tour" ~ "DELATOUR").
+_PARTICLES = {
+    "de",
+    "du",
+    "des",
+    "d",
+    "le",
+    "la",
+    "les",
+    "l",
+    "van",
+    "von",
+    "der",
+    "den",
+    "del",
+    "della",
+    "di",
+}
+
+
+def fold(text: str) -> str:
+    """Lower case, ASCII (accents stripped, ligatures spelt out: Lætitia -> laetitia), letters and
+    digits only, words separated by one space."""
+    chars = [c if c.isalnum() else " " for c in to_ascii(text).lower()]
+    return " ".join("".join(chars).split())
+
+
+def normalise_family(text: str | None) -> str:
+    """`de La Tour` -> `tour`; `MARTIN-ROUX` -> `martinroux`; `N'Diaye` -> `ndiaye`."""
+    if not text:
+        return ""
+    words = fold(text).split()
+    kept = [w for w in words if w not in _PARTICLES] or words
+    return "".join(kept)
+
+
+def normalise_given(text: str | None) -> str:
+    """`Marie-Hélène` -> `mariehelene`; `MARIE HELENE` -> `mariehelene`."""
+    return "".join(fold(text).split()) if text else ""
+
+
+class Verdict(enum.StrEnum):
+    LINK = "link"
+    REVIEW = "review"
+    NEW = "new"
+
+
+@dataclass(slots=True)
+class Candidate:
+    person_id: str
+    score: float
+    rule: str
+    evidence: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "person": self.person_id,
+            "score": round(self.score, 3),
+            "rule": self.rule,
+            "evidence": self.evidence,
+        }
+
+
+@dataclass(slots=True)
+class Decision:
+    verdict: Verdict
+    reason: str
+    person_id: str | None = None
+    rule: str | None = None
+    score: float = 0.0
+    candidates: list[Candidate] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Profile:
+    """What correlation knows of one person: gathered from all their accounts."""
+
+    rpps: set[str] = field(default_factory=set)
+    adeli: set[str] = field(default_factory=set)
+    emails: set[str] = field(default_factory=set)
+    families: set[str] = field(default_factory=set)
+    givens: set[str] = field(default_factory=set)
+    birth_dates: set[str] = field(default_factory=set)
+    professions: set[str] = field(default_factory=set)
+    sites: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Probe:
+    """An account's identifying values, normalised once before it meets the candidates."""
+
+    site: str
+    rpps: str | None
+    adeli: str | None
+    email: str
+    given: str
+    families: set[str]
+    birth_date: str | None
+    profession: str | None
+
+    @classmethod
+    def of(cls, values: Mapping[str, str], site: str) -> Probe:
+        families = {normalise_family(values.get("family_name")), normalise_family(values.get("birth_name"))}
+        return cls(
+            site=site,
+            rpps=values.get("rpps") or None,
+            adeli=values.get("adeli") or None,
+            email=(values.get("email") or "").lower(),
+            given=normalise_given(values.get("given_name")),
+            families=families - {""},
+            birth_date=values.get("birth_date") or None,
+            profession=values.get("profession") or None,
+        )
+
+    def name_keys(self) -> Iterator[str]:
+        """Blocking keys: the family name with the given name's first two letters, and the given name
+        with the family name's first three (so that a typo late in either name still meets)."""
+        for family in self.families:
+            yield f"f:{family}|{self.given[:2]}"
+            if self.given:
+                yield f"g:{self.given}|{family[:3]}"
+
+    def family_keys(self) -> Iterator[str]:
+        """The family name alone: indexed always, looked up only for an account with no given name."""
+        for family in self.families:
+            yield f"f:{family}"
+
+
+class PersonIndex:
+    """Every person's identifying values, indexed for the correlation rules. Built once per run and
+    kept up to date as accounts are linked, so later sites see the people earlier sites created."""
+
+    def __init__(self) -> None:
+        self.profiles: dict[str, _Profile] = defaultdict(_Profile)
+        self._by_rpps: dict[str, set[str]] = defaultdict(set)
+        self._by_adeli: dict[str, set[str]] = defaultdict(set)
+        self._by_email: dict[str, set[str]] = defaultdict(set)
+        self._by_name: dict[str, set[str]] = defaultdict(set)
+
+    def add(self, person_id: str, values: Mapping[str, str], site: str, probe: Probe | None = None) -> None:
+        """Index one account's values under its person (`probe`: the same values, already normalised)."""
+        probe = probe or Probe.of(values, site)
+        profile = self.profiles[person_id]
+        profile.sites.add(site)
+        if probe.rpps:
+            profile.rpps.add(probe.rpps)
+            self._by_rpps[probe.rpps].add(person_id)
+        if probe.adeli:
+            profile.adeli.add(probe.adeli)
+            self._by_adeli[probe.adeli].add(person_id)
+        if probe.email:
+            profile.emails.add(probe.email)
+            self._by_email[probe.email].add(person_id)
+        profile.families |= probe.families
+        if probe.given:
+            profile.givens.add(probe.given)
+        for key in (*probe.name_keys(), *probe.family_keys()):
+            self._by_name[key].add(person_id)
+        if probe.birth_date:
+            profile.birth_dates.add(probe.birth_date)
+        if probe.profession:
+            profile.professions.add(probe.profession)
+
+    def candidates(self, probe: Probe) -> set[str]:
+        """People who could be this account's person: sharing an id, an email, or a name key."""
+        found: set[str] = set()
+        if probe.rpps:
+            found |= self._by_rpps.get(probe.rpps, set())
+        if probe.adeli:
+            found |= self._by_adeli.get(probe.adeli, set())
+        if probe.email:
+            found |= self._by_email.get(probe.email, set())
+        for key in probe.family_keys() if not probe.given else probe.name_keys():
+            found |= self._by_name.get(key, set())
+        return found
+
+
+class Correlator:
+    """Applies the configured rules to an account against the people of a `PersonIndex`."""
+
+    def __init__(self, config: CorrelationConfig, index: PersonIndex) -> None:
+        self.config = config
+        self.index = index
+        self._rules = {rule.match: rule for rule in config.rules}
+
+    def decide(self, probe: Probe, *, excluded: Iterable[str] = ()) -> Decision:
+        """Link, review or new, for an account (normalised as `probe`). `excluded` people were ruled
+        out by a human (a split): they are never candidates again for this account."""
+        ruled_out = set(excluded)
+        scored = [
+            c
+            for c in (self._score(pid, probe) for pid in self.index.candidates(probe) if pid not in ruled_out)
+            if c is not None and c.score > 0
+        ]
+        scored.sort(key=lambda c: (-c.score, c.person_id))
+        thresholds = self.config.thresholds
+        if not scored or scored[0].score < thresholds.review:
+            reason = "no candidate" if not scored else f"best candidate scored {scored[0].score:.2f}"
+            return Decision(Verdict.NEW, reason, candidates=scored)
+        best = scored[0]
+        runner_up = scored[1].score if len(scored) > 1 else 0.0
+        if best.score >= thresholds.auto_link and runner_up < thresholds.auto_link:
+            return Decision(
+                Verdict.LINK,
+                f"{best.rule} ({', '.join(best.evidence)})",
+                best.person_id,
+                best.rule,
+                best.score,
+                scored,
+            )
+        if best.score >= thresholds.auto_link:
+            reason = f"{sum(1 for c in scored if c.score >= thresholds.auto_link)} people match as well"
+        else:
+            reason = f"best candidate scored {best.score:.2f}, below auto-link {thresholds.auto_link:.2f}"
+        return Decision(Verdict.REVIEW, reason, candidates=scored[:_MAX_CANDIDATES])
+
+    def _score(self, person_id: str, probe: Probe) -> Candidate | None:
+        profile = self.index.profiles.get(person_id)
+        if profile is None:
+            return None
+        # Vetoes: a different national id, or a different birth date, is a different human.
+        if probe.rpps and profile.rpps and probe.rpps not in profile.rpps:
+            return None
+        if probe.adeli and profile.adeli and probe.adeli not in profile.adeli:
+            return None
+        if probe.birth_date and profile.birth_dates and probe.birth_date not in profile.birth_dates:
+            return None
+        same_id = bool(
+            (probe.rpps and probe.rpps in profile.rpps) or (probe.adeli and probe.adeli in profile.adeli)
+        )
+        if probe.site in profile.sites and not same_id:
+            return None  # one account per person per site: a second one with this name is a homonym
+        best: Candidate | None = None
+
+        def consider(rule: str, score: float, evidence: list[str]) -> None:
+            nonlocal best
+            if best is None or score > best.score:
+                best = Candidate(person_id, score, rule, evidence)
+
+        rules = self._rules
+        family_similarity = _best(probe.families, profile.families)
+        given_similarity = _best({probe.given} - {""}, profile.givens)
+        same_name = family_similarity == 1.0 and given_similarity == 1.0
+        if "national_id" in rules and same_id:
+            evidence = [f"RPPS {probe.rpps}" if probe.rpps in profile.rpps else f"ADELI {probe.adeli}"]
+            confidence = rules["national_id"].confidence
+            names_known = probe.families and profile.families
+            if names_known and family_similarity < 0.85 and not same_name:
+                # Two different names claiming one national id: a data error somewhere, not a match.
+                evidence.append("but the names differ")
+                thresholds = self.config.thresholds
+                confidence = min(confidence, (thresholds.auto_link + thresholds.review) / 2)
+            consider("national_id", confidence, evidence)
+        if "email" in rules and probe.email and probe.email in profile.emails:
+            consider("email", rules["email"].confidence, [f"email {probe.email}"])
+        if (
+            "name_and_birth_date" in rules
+            and same_name
+            and probe.birth_date
+            and probe.birth_date in profile.birth_dates
+        ):
+            consider(
+                "name_and_birth_date",
+                rules["name_and_birth_date"].confidence,
+                ["same names", f"born {probe.birth_date}"],
+            )
+        fuzzy = rules.get("fuzzy_name")
+        if fuzzy is not None and probe.families:
+            # Within the same profession; people with none (administrative staff) compare among themselves.
+            # An account with no given name (an incomplete entry) has too little to go on: any profession,
+            # and a lower score, so that it can only ever reach review.
+            profession = probe.profession
+            same_profession = profession in profile.professions if profession else not profile.professions
+            if fuzzy.same_profession and not same_profession and probe.given:
+                return best
+            similarity = min(family_similarity, given_similarity) if probe.given else family_similarity
+            if similarity >= fuzzy.min_similarity:
+                evidence = ["same names" if same_name else f"names {similarity:.0%} alike"]
+                if not probe.given:
+                    evidence = ["same family name, no given name on the account"]
+                if profession:
+                    evidence.append(f"same profession {profession}")
+                consider(
+                    "fuzzy_name", fuzzy.confidence * similarity * (1.0 if probe.given else 0.9), evidence
+                )
+        return best
+
+
+def _best(names: set[str], known: set[str]) -> float:
+    """The best Jaro-Winkler similarity between any of `names` and any of `known` (1.0 if equal)."""
+    if names & known:
+        return 1.0
+    return max((JaroWinkler.similarity(a, b) for a in names for b in known), default=0.0)

@@ -1,0 +1,287 @@
+"""Correlation and safe reconciliation: one person per human, never two humans merged by guess.
+
+Each test builds a small GHT from LDIF exports (attributes as HR systems hand them over, birth dates
+included), syncs it, and checks who ended up with whom.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from directory_sync.config import load_settings
+from directory_sync.correlate import normalise_family, normalise_given
+from directory_sync.reconcile import LoginAllocator
+from directory_sync.store import Account, AuditEvent, Person, ReviewCase, Store, open_store
+from directory_sync.sync import run_sync
+from tests.hospitals import rpps
+from tests.servers.slapd import ldif_entry
+
+ATTRIBUTES = {
+    "login": "uid",
+    "family_name": {"from": "sn", "transforms": ["trim", "name_case"]},
+    "given_name": {"from": "givenName", "transforms": ["trim", "name_case"]},
+    "birth_name": {"from": "birthName", "transforms": ["trim", "name_case"]},
+    "birth_date": "birthDate",
+    "email": {"from": "mail", "transforms": ["trim", "lower"]},
+    "rpps": {"from": "rpps", "transforms": ["digits"]},
+    "profession": {"from": "title", "transforms": ["trim", "lower", {"map": "jobs"}]},
+    "department": "ou",
+}
+JOBS = {"infirmière": "60", "infirmier": "60", "médecin": "10", "secrétaire": ""}
+
+
+class Ght:
+    """A GHT of LDIF exports that tests edit between runs."""
+
+    def __init__(self, root: Path, database_url: str, sites: list[str]) -> None:
+        self.root, self.sites = root, sites
+        self.entries: dict[str, dict[str, dict[str, Any]]] = {site: {} for site in sites}
+        (root / "mappings").mkdir(parents=True, exist_ok=True)
+        for site in sites:
+            document = {
+                "site": {"name": f"CH {site}", "finess": "840000087"},
+                "connection": {"kind": "ldif", "path": f"../{site}.ldif", "anchor": "uid"},
+                "attributes": ATTRIBUTES,
+                "value_maps": {"jobs": JOBS},
+            }
+            (root / "mappings" / f"{site}.yaml").write_text(yaml.safe_dump(document, allow_unicode=True))
+        quoted = ", ".join(f'"{s}"' for s in sites)
+        (root / "ght.toml").write_text(f'database_url = "{database_url}"\nsites = [{quoted}]\n')
+        self.store: Store = open_store(database_url)
+
+    def put(self, site: str, uid: str, sn: str, given: str, **attributes: str) -> None:
+        self.entries[site][uid] = {
+            "objectClass": "inetOrgPerson",
+            "uid": uid,
+            "sn": sn,
+            "givenName": given,
+            "cn": f"{given} {sn}",
+            "title": attributes.pop("title", "Infirmière"),
+            **attributes,
+        }
+
+    def remove(self, site: str, uid: str) -> None:
+        del self.entries[site][uid]
+
+    def sync(self, **options: Any) -> list[Any]:
+        for site, entries in self.entries.items():
+            text = "".join(
+                ldif_entry(f"uid={uid},ou=people,dc={site},dc=fr", attrs) for uid, attrs in entries.items()
+            )
+            (self.root / f"{site}.ldif").write_text(text, encoding="utf-8")
+        return run_sync(load_settings(self.root / "ght.toml"), self.store, **options)
+
+    def person_of(self, site: str, uid: str) -> Person:
+        with self.store.session() as session:
+            account = session.execute(
+                select(Account).where(Account.site == site, Account.login == uid)
+            ).scalar_one()
+            person = session.get(Person, account.person_id)
+            assert person is not None
+            return person
+
+    def cases(self) -> list[ReviewCase]:
+        with self.store.session() as session:
+            return list(session.execute(select(ReviewCase)).scalars())
+
+
+@pytest.fixture
+def ght(tmp_path: Path) -> Ght:
+    return Ght(tmp_path, f"sqlite:///{tmp_path}/ght.db", ["ch-a", "ch-b", "ch-c"])
+
+
+def test_name_normalisation() -> None:
+    assert (
+        normalise_given("Marie-Hélène") == normalise_given("MARIE HELENE") == normalise_given("marie-helene")
+    )
+    assert normalise_family("de La Tour") == normalise_family("DE LA TOUR") == normalise_family("Tour")
+    assert normalise_family("N'Diaye") == normalise_family("NDIAYE")
+    assert normalise_family("Martin-Roux") == normalise_family("MARTIN ROUX")
+
+
+def test_territorial_logins_are_ascii_unique_and_never_reused() -> None:
+    logins = LoginAllocator({"marie-helene.dupont"})
+    assert logins.allocate("Marie-Hélène", "Dupont") == "marie-helene.dupont2"
+    assert logins.allocate("Marie-Hélène", "Dupont") == "marie-helene.dupont3"
+    assert logins.allocate("Aminata", "N'Diaye") == "aminata.ndiaye"
+    assert logins.allocate("Françoise", "de La Tour") == "francoise.de-la-tour"
+    assert logins.allocate(None, "Ørsted") == "orsted"
+    assert len(logins.allocate("A" * 80, "B" * 80)) <= 64
+
+
+def test_the_same_person_spelt_three_ways_with_a_birth_date_is_one_person(ght: Ght) -> None:
+    ght.put("ch-a", "mhdupont", "Dupont", "Marie-Hélène", birthDate="1980-02-03")
+    ght.put("ch-b", "marie.dupont", "DUPONT", "Marie Helene", birthDate="1980-02-03")
+    ght.put("ch-c", "DUPOMA1", "DUPONT", "MARIE-HELENE", birthDate="1980-02-03")
+    results = ght.sync()
+    assert [(r.created, r.linked, r.reviews) for r in results] == [(1, 0, 0), (0, 1, 0), (0, 1, 0)]
+    person = ght.person_of("ch-a", "mhdupont")
+    assert ght.person_of("ch-b", "marie.dupont").id == ght.person_of("ch-c", "DUPOMA1").id == person.id
+    assert (person.login, person.given_name) == ("marie-helene.dupont", "Marie-Hélène")
+
+
+def test_homonyms_with_different_birth_dates_are_never_merged_nor_reviewed(ght: Ght) -> None:
+    ght.put("ch-a", "jmartin", "Martin", "Julie", birthDate="1975-05-01")
+    ght.put("ch-b", "julie.martin", "Martin", "Julie", birthDate="1991-11-30")
+    results = ght.sync()
+    assert [(r.created, r.linked, r.reviews) for r in results[:2]] == [(1, 0, 0), (1, 0, 0)]
+    a, b = ght.person_of("ch-a", "jmartin"), ght.person_of("ch-b", "julie.martin")
+    assert a.id != b.id and {a.login, b.login} == {"julie.martin", "julie.martin2"}
+
+
+def test_same_names_without_birth_dates_go_to_review_not_to_a_merge(ght: Ght) -> None:
+    ght.put("ch-a", "jmartin", "Martin", "Julie")
+    ght.put("ch-b", "julie.martin", "MARTIN", "JULIE")
+    results = ght.sync()
+    assert [(r.created, r.linked, r.reviews) for r in results[:2]] == [(1, 0, 0), (1, 0, 1)]
+    (case,) = ght.cases()
+    assert case.candidates[0]["person"] == ght.person_of("ch-a", "jmartin").id
+    assert case.candidates[0]["rule"] == "fuzzy_name"
+    assert "same names" in case.candidates[0]["evidence"]
+    assert ght.person_of("ch-b", "julie.martin").id != ght.person_of("ch-a", "jmartin").id
+
+
+def test_a_marriage_name_is_matched_through_the_birth_name(ght: Ght) -> None:
+    ght.put("ch-a", "cmoreau", "Moreau", "Claire", birthName="Lefebvre", birthDate="1985-07-14")
+    ght.put("ch-b", "claire.lefebvre", "Lefebvre", "Claire", birthDate="1985-07-14")
+    ght.sync()
+    assert ght.person_of("ch-a", "cmoreau").id == ght.person_of("ch-b", "claire.lefebvre").id
+
+
+def test_an_rpps_present_at_one_site_only_still_links_by_names_and_birth_date(ght: Ght) -> None:
+    ght.put("ch-a", "pgarcia", "Garcia", "Paul", rpps=rpps(11), title="Médecin", birthDate="1970-01-20")
+    ght.put("ch-b", "paul.garcia", "Garcia", "Paul", title="Médecin", birthDate="1970-01-20")
+    ght.sync()
+    person = ght.person_of("ch-b", "paul.garcia")
+    assert person.id == ght.person_of("ch-a", "pgarcia").id and person.rpps == rpps(11)
+
+
+def test_an_rpps_with_a_typo_is_not_used_to_match(ght: Ght) -> None:
+    valid = rpps(12)
+    typo = valid[:-1] + str((int(valid[-1]) + 1) % 10)
+    ght.put("ch-a", "pgarcia", "Garcia", "Paul", rpps=valid, title="Médecin")
+    ght.put("ch-b", "lbernard", "Bernard", "Luc", rpps=typo, title="Médecin")
+    results = ght.sync()
+    assert results[1].warnings == 1 and results[1].created == 1
+    assert ght.person_of("ch-b", "lbernard").rpps is None
+
+
+def test_two_people_claiming_one_rpps_are_a_review_case_not_a_merge(ght: Ght) -> None:
+    shared = rpps(13)
+    ght.put("ch-a", "pgarcia", "Garcia", "Paul", rpps=shared, title="Médecin")
+    ght.put("ch-b", "amoreau", "Moreau", "Anne", rpps=shared, title="Médecin")
+    results = ght.sync()
+    assert (results[1].linked, results[1].reviews) == (0, 1)
+    (case,) = ght.cases()
+    assert case.candidates[0]["evidence"] == [f"RPPS {shared}", "but the names differ"]
+
+
+def test_a_conflicting_rpps_vetoes_even_identical_names_and_birth_dates(ght: Ght) -> None:
+    ght.put("ch-a", "pgarcia", "Garcia", "Paul", rpps=rpps(14), title="Médecin", birthDate="1970-01-20")
+    ght.put("ch-b", "paul.garcia", "Garcia", "Paul", rpps=rpps(15), title="Médecin", birthDate="1970-01-20")
+    results = ght.sync()
+    assert (results[1].created, results[1].linked, results[1].reviews) == (1, 0, 0)
+
+
+def test_a_person_leaving_one_site_and_joining_another_stays_one_person(ght: Ght) -> None:
+    ght.put("ch-a", "pgarcia", "Garcia", "Paul", rpps=rpps(16), title="Médecin")
+    ght.sync()
+    person = ght.person_of("ch-a", "pgarcia")
+    ght.remove("ch-a", "pgarcia")
+    ght.put("ch-a", "other", "Other", "Someone")  # the site is not empty
+    ght.sync()
+    assert ght.person_of("ch-a", "pgarcia").status == "suspended"
+    ght.put("ch-c", "PGARCIA", "GARCIA", "PAUL", rpps=rpps(16), title="Médecin")
+    ght.sync()
+    back = ght.person_of("ch-c", "PGARCIA")
+    assert (back.id, back.status, back.suspended_at) == (person.id, "active", None)
+
+
+def test_review_link_and_split_are_remembered(ght: Ght, monkeypatch: pytest.MonkeyPatch) -> None:
+    from directory_sync import review
+
+    ght.put("ch-a", "jmartin", "Martin", "Julie")
+    ght.put("ch-b", "julie.martin", "Martin", "Julie")
+    ght.sync()
+    (case,) = ght.cases()
+    settings = load_settings(ght.root / "ght.toml")
+    target = ght.person_of("ch-a", "jmartin").id
+    with ght.store.session() as session:
+        review.link(session, case.id or 0, target, "jdupont", settings.correlation, "checked with HR")
+    assert ght.person_of("ch-b", "julie.martin").id == target
+    with ght.store.session() as session:
+        provisional = session.get(Person, case.person_id)
+        assert provisional is not None and (provisional.status, provisional.merged_into) == ("merged", target)
+    assert [r.reviews for r in ght.sync()] == [0, 0, 0]  # not reopened
+
+    with ght.store.session() as session:
+        from directory_sync.reconcile import RunContext
+
+        logins = RunContext.load(session, settings.correlation).logins
+        new_id = review.split(
+            session, target, "ch-b", "julie.martin", "jdupont", settings.correlation, logins
+        )
+    assert ght.person_of("ch-b", "julie.martin").id == new_id
+    results = ght.sync()
+    assert [(r.linked, r.reviews) for r in results] == [(0, 0)] * 3
+    assert ght.person_of("ch-b", "julie.martin").id == new_id  # never relinked to the person it left
+    with ght.store.session() as session:
+        actions = [
+            e.action
+            for e in session.execute(select(AuditEvent).where(AuditEvent.actor == "admin:jdupont")).scalars()
+        ]
+    assert {"review.linked", "account.split", "person.created"} <= set(actions)
+
+
+def test_a_site_returning_nothing_trips_the_threshold_and_changes_nothing(ght: Ght) -> None:
+    for i in range(5):
+        ght.put("ch-a", f"user{i}", f"Nom{i}", "Jean")
+    ght.sync()
+    ght.entries["ch-a"] = {}
+    (result, *_) = ght.sync()
+    assert result.status == "failed" and result.closed == 5
+    assert "stopped before applying: the source returned no account at all" in (result.error or "")
+    assert "--allow-deletes 5" in (result.error or "")
+    assert ght.person_of("ch-a", "user0").status == "active"
+    (result, *_) = ght.sync(allow_closures=5)
+    assert result.ok and ght.person_of("ch-a", "user0").status == "suspended"
+
+
+def test_the_percentage_threshold_counts_against_the_site(ght: Ght) -> None:
+    for i in range(30):
+        ght.put("ch-a", f"user{i}", f"Nom{i}", "Jean")
+    ght.sync()
+    for i in range(4):  # 4 of 30 = 13% > 10%
+        ght.remove("ch-a", f"user{i}")
+    (result, *_) = ght.sync()
+    assert result.status == "failed"
+    assert "would close 4 of 30 accounts (13%), more than max_closure_percent = 10%" in (result.error or "")
+
+
+def test_every_change_is_audited_with_its_cause(ght: Ght) -> None:
+    ght.put("ch-a", "pgarcia", "Garcia", "Paul", rpps=rpps(17), title="Médecin", ou="SMUR")
+    ght.put("ch-b", "paul.garcia", "Garcia", "Paul", rpps=rpps(17), title="Médecin")
+    ght.sync()
+    ght.entries["ch-a"]["pgarcia"]["ou"] = "Urgences"
+    ght.sync()
+    person = ght.person_of("ch-a", "pgarcia")
+    with ght.store.session() as session:
+        events = (
+            session.execute(
+                select(AuditEvent).where(AuditEvent.person_id == person.id).order_by(AuditEvent.id)
+            )
+            .scalars()
+            .all()
+        )
+    described = [(e.action, e.site) for e in events]
+    assert described[:2] == [("person.created", "ch-a"), ("account.linked", "ch-b")]
+    linked = events[1]
+    assert linked.changes["rule"]["to"] == "national_id" and linked.reason.startswith("national_id")
+    updated = next(e for e in events if e.action == "affiliation.updated")
+    assert updated.changes == {"department": {"from": "SMUR", "to": "Urgences"}}
+    assert all(e.actor.startswith("sync run ") and e.run_id for e in events)

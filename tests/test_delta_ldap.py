@@ -1,0 +1,185 @@
+"""Delta sync from OpenLDAP (syncrepl refreshOnly, RFC 4533) against a real slapd with syncprov.
+
+As for Active Directory: the same hospital is synchronised by delta runs into one directory and by
+full runs into another, and after each round of changes both must be the same. A cookie the server
+cannot honour, a server without syncprov, or an anchor syncrepl cannot report all mean full reads,
+and the run says so.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import ldap3
+import pytest
+from sqlalchemy import update
+from sqlmodel import col
+
+from directory_sync.config import Settings, load_settings
+from directory_sync.store import SiteWatermark, Store, open_store
+from directory_sync.sync import SiteResult, run_sync
+from tests.ad_sites import active_logins, assert_same_directory, password_file
+from tests.hospitals import ldap_connection, person, rpps, suffix_ldif, write_config, write_site
+from tests.servers.slapd import SlapdServer, Suffix
+
+SITE = "ch-avignon"
+SUFFIX = "dc=ch-avignon,dc=fr"
+PEOPLE = f"ou=people,{SUFFIX}"
+#: Staff who left keep their entry for a while with employeeType "parti": the site's filter skips them.
+FILTER = "(&(objectClass=inetOrgPerson)(!(employeeType=parti)))"
+
+
+@pytest.fixture
+def avignon(tmp_path: Path, slapd_factory: Any) -> SlapdServer:
+    staff = [
+        person(SUFFIX, "jmartin", "MARTIN", "Jérôme", rpps=rpps(51), title="Praticien hospitalier"),
+        person(SUFFIX, "mhdupont", "Dupont", "Marie-Hélène"),
+        person(SUFFIX, "bmoreau", "Moreau", "Bruno", title="Infirmier"),
+        person(SUFFIX, "cpetit", "Petit", "Claire"),
+        person(SUFFIX, "dleroy", "Leroy", "David", title="Aide-soignante"),
+        person(SUFFIX, "fgarnier", "Garnier", "Félix", title="Infirmier"),
+        person(SUFFIX, "hblanc", "Blanc", "Hugo", title="Infirmier"),
+        person(SUFFIX, "nlambert", "Lambert", "Noé", title="Infirmier"),
+    ]
+    returning = person(SUFFIX, "eroux", "Roux", "Emma")
+    returning[1]["employeeType"] = "parti"
+    server: SlapdServer = slapd_factory(
+        [Suffix(SUFFIX, suffix_ldif(tmp_path / "avignon.ldif", SUFFIX, [*staff, returning]))]
+    )
+    with admin(server) as conn:
+        conn.add(f"ou=former,{SUFFIX}", ["organizationalUnit"], {"ou": "former"})
+    return server
+
+
+def admin(server: SlapdServer) -> ldap3.Connection:
+    return ldap3.Connection(
+        server.url, server.root_dn(SUFFIX), server.root_password, auto_bind=True, raise_exceptions=True
+    )
+
+
+def configure(
+    server: SlapdServer, directory: Path, database_url: str, **connection: Any
+) -> tuple[Settings, Store]:
+    directory.mkdir(parents=True, exist_ok=True)
+    secret = password_file(directory, server.reader_password)  # read where the sync runs, when it runs
+    connection = {"filter": FILTER, "bind_password": secret, **connection}
+    write_site(directory, SITE, ldap_connection(server, SUFFIX, "UNUSED", **connection))
+    return load_settings(write_config(directory, [SITE], database_url)), open_store(database_url)
+
+
+def run(side: tuple[Settings, Store], *, full: bool = False) -> SiteResult:
+    (result,) = run_sync(side[0], side[1], full=full, allow_closures=50)
+    assert result.status == "succeeded", result.error
+    return result
+
+
+def test_delta_and_full_runs_give_the_same_directory(
+    avignon: SlapdServer, tmp_path: Path, database_url: str
+) -> None:
+    delta = configure(avignon, tmp_path / "delta", database_url)
+    full = configure(avignon, tmp_path / "full", f"sqlite:///{tmp_path}/full.db")
+    first = run(delta)
+    run(full, full=True)
+    assert (first.mode, first.created) == ("full", 8)
+    assert_same_directory(delta[1], full[1])
+
+    with admin(avignon) as conn:
+        conn.modify(f"uid=mhdupont,{PEOPLE}", {"title": [(ldap3.MODIFY_REPLACE, ["Cadre de santé"])]})
+        conn.modify_dn(f"uid=bmoreau,{PEOPLE}", "uid=bruno.moreau")  # renamed: same entryUUID
+        conn.modify_dn(
+            f"uid=cpetit,{PEOPLE}", "uid=cpetit", new_superior=f"ou=former,{SUFFIX}"
+        )  # out of scope
+        conn.modify(
+            f"uid=dleroy,{PEOPLE}", {"employeeType": [(ldap3.MODIFY_ADD, ["parti"])]}
+        )  # out of the filter
+        conn.modify(
+            f"uid=eroux,{PEOPLE}", {"employeeType": [(ldap3.MODIFY_DELETE, [])]}
+        )  # back in the filter
+        conn.delete(f"uid=fgarnier,{PEOPLE}")
+        dn, attributes = person(SUFFIX, "onouvel", "Nouvel", "Olivia", title="Sage-femme")
+        conn.add(dn, attributes=attributes)
+        conn.delete(f"uid=hblanc,{PEOPLE}")
+        dn, attributes = person(SUFFIX, "hblanc", "Blanc", "Hugo", title="Infirmier")
+        conn.add(dn, attributes=attributes)  # recreated: a new entryUUID
+
+    second = run(delta)
+    second_full = run(full, full=True)
+    assert second.mode == "delta", second.mode_reason
+    assert (second.unchanged, second_full.unchanged) == (0, 2)  # jmartin and nlambert were not read
+    assert_same_directory(delta[1], full[1])
+    assert active_logins(delta[1], SITE) == {
+        "jmartin": "enabled",
+        "mhdupont": "enabled",
+        "bruno.moreau": "enabled",
+        "eroux": "enabled",
+        "onouvel": "enabled",
+        "hblanc": "enabled",
+        "nlambert": "enabled",
+    }
+    assert (second.closed, second.created) == (4, 3)  # cpetit, dleroy, fgarnier, the first hblanc
+
+    third = run(delta)
+    assert (third.mode, third.read, third.created, third.updated, third.closed) == ("delta", 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("cookie", "why"),
+    [
+        (b"rid=000,csn=20200101000000.000000Z#000000#000#000000", "no longer holds the changes"),
+        (b"rid=000,sid=07b,csn=20991231000000.000000Z#000000#07b#000000", "no longer holds the changes"),
+        (b"not a cookie", "no longer holds the changes"),
+    ],
+    ids=["expired", "another server's", "garbled"],
+)
+def test_a_cookie_the_server_cannot_honour_means_a_full_read_that_says_why(
+    avignon: SlapdServer, tmp_path: Path, database_url: str, cookie: bytes, why: str
+) -> None:
+    side = configure(avignon, tmp_path, database_url)
+    run(side)
+    with side[1].session() as session:
+        session.execute(
+            update(SiteWatermark)
+            .where(col(SiteWatermark.site) == SITE)
+            .values(value=base64.b64encode(cookie).decode())
+        )
+        session.commit()
+    with admin(avignon) as conn:
+        conn.delete(f"uid=fgarnier,{PEOPLE}")
+
+    result = run(side)
+    assert result.mode == "full"
+    assert why in (result.mode_reason or "")
+    assert (result.closed, result.unchanged) == (1, 7)  # the full read still sees the deletion
+    assert run(side).mode == "delta"
+
+
+def test_a_dry_run_reads_the_delta_but_keeps_the_watermark(avignon: SlapdServer, tmp_path: Path) -> None:
+    side = configure(avignon, tmp_path, f"sqlite:///{tmp_path}/ght.db")
+    run(side)
+    with admin(avignon) as conn:
+        conn.delete(f"uid=fgarnier,{PEOPLE}")
+    (planned,) = run_sync(side[0], side[1], dry_run=True)
+    assert (planned.mode, planned.closed) == ("delta", 1)
+    applied = run(side)
+    assert (applied.mode, applied.closed) == ("delta", 1)  # the dry run moved nothing
+
+
+def test_a_server_without_syncprov_is_read_completely_every_time(tmp_path: Path, slapd_factory: Any) -> None:
+    server = slapd_factory([SUFFIX], syncprov=False)
+    side = configure(server, tmp_path, f"sqlite:///{tmp_path}/ght.db")
+    for _ in range(2):
+        result = run(side)
+        assert result.mode == "full"
+        assert "does not offer syncrepl (no syncprov overlay" in (result.mode_reason or "")
+
+
+def test_a_site_anchored_on_another_attribute_than_entryuuid_is_read_completely(
+    avignon: SlapdServer, tmp_path: Path
+) -> None:
+    side = configure(avignon, tmp_path, f"sqlite:///{tmp_path}/ght.db", anchor="uid")
+    run(side)
+    result = run(side)
+    assert result.mode == "full"
+    assert "syncrepl reports deletions by entryUUID" in (result.mode_reason or "")
