@@ -1,0 +1,108 @@
+"""Territorial claims, by scope: what the DPI and the other applications learn about a person.
+
+See CLAIMS.md for the integrators' description. `sub` is the territorial id (stable, opaque, the same
+for every application); `preferred_username` the territorial login; the `health` scope carries the
+national professional identifiers, the G15 profession, every active affiliation and `current_site`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from directory_sync.store import Account, AccountState, Affiliation, Person, Site
+
+from .models import SiteChoice
+
+
+def idnat_ps(rpps: str | None) -> str | None:
+    """The national health-professional id (ANS): "8" followed by the RPPS number."""
+    return f"8{rpps}" if rpps else None
+
+
+class ClaimsBuilder:
+    """Builds the claims of a person for a set of scopes."""
+
+    def __init__(self, professions: dict[str, str]) -> None:
+        self.professions = professions
+
+    def active_affiliations(self, session: Session, person_id: str) -> list[tuple[Affiliation, Site | None]]:
+        """Active affiliations, the home site (earliest) first."""
+        rows = session.execute(
+            select(Affiliation, Site)
+            .join(Site, col(Site.code) == col(Affiliation.site), isouter=True)
+            .where(col(Affiliation.person_id) == person_id, col(Affiliation.active).is_(True))
+            .order_by(col(Affiliation.started_at), col(Affiliation.site))
+        )
+        return [(affiliation, site) for affiliation, site in rows]
+
+    def sites_offered(self, session: Session, person_id: str) -> list[tuple[Affiliation, Site | None]]:
+        """Active affiliations with the last chosen site first (the site picker's order)."""
+        affiliations = self.active_affiliations(session, person_id)
+        choice = session.get(SiteChoice, person_id)
+        if choice is not None:
+            affiliations.sort(key=lambda pair: pair[0].site != choice.site)
+        return affiliations
+
+    def preferred_username(self, session: Session, person: Person, home_site: str | None) -> str | None:
+        login = getattr(person, "login", None)  # the stored territorial login, once the directory has it
+        if login:
+            return str(login)
+        accounts = list(
+            session.execute(
+                select(Account)
+                .where(col(Account.person_id) == person.id, col(Account.state) == AccountState.ENABLED)
+                .order_by(col(Account.id))
+            ).scalars()
+        )
+        for account in sorted(accounts, key=lambda a: a.site != home_site):
+            return account.login
+        return None
+
+    def claims(
+        self, session: Session, person_id: str, scopes: set[str], current_site: str | None
+    ) -> dict[str, Any]:
+        person = session.get(Person, person_id)
+        if person is None:
+            return {"sub": person_id}
+        claims: dict[str, Any] = {"sub": person.id}
+        affiliations = self.active_affiliations(session, person.id)
+        home = affiliations[0][0].site if affiliations else None
+        if "profile" in scopes:
+            name = " ".join(p for p in (person.given_name, person.family_name) if p)
+            claims.update(
+                name=name,
+                family_name=person.family_name,
+                given_name=person.given_name,
+                preferred_username=self.preferred_username(session, person, home),
+                updated_at=int(person.updated_at.timestamp()),
+            )
+        if "email" in scopes and person.email:
+            claims["email"] = person.email
+        if "health" in scopes:
+            current = next((a for a, _ in affiliations if a.site == current_site), None)
+            with_profession = current if current and current.profession else None
+            with_profession = with_profession or next((a for a, _ in affiliations if a.profession), None)
+            code = with_profession.profession if with_profession else None
+            claims.update(
+                rpps=person.rpps,
+                idnat_ps=idnat_ps(person.rpps),
+                profession={"code": code, "label": self.professions.get(code)} if code else None,
+                affiliations=[
+                    {
+                        "site": a.site,
+                        "site_name": s.name if s else None,
+                        "finess": s.finess if s else None,
+                        "profession": a.profession,
+                        "department": a.department,
+                        "title": a.title,
+                        "primary": a.site == home,
+                    }
+                    for a, s in affiliations
+                ],
+                current_site=current_site,
+            )
+        return {k: v for k, v in claims.items() if v is not None}

@@ -1,0 +1,111 @@
+"""The gateway assembled from its parts: one object the web adapter and the CLI use.
+
+Nothing here knows HTTP: `Gateway` wires the store, the keys, the sign-in, the sessions, the claims,
+the back-channel logout queue and the Authlib authorization server together from the settings.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import delete, select, text
+from sqlmodel import col
+
+from directory_sync.config import GatewaySettings, LdapConnection, Settings
+from directory_sync.store import Store, open_store, utcnow
+
+from .claims import ClaimsBuilder
+from .clients import ClientRegistry
+from .errors import GatewayNotConfigured
+from .keys import KeyStore
+from .logout import Logout
+from .models import PendingAuthorization
+from .oauth import GatewayAuthorizationServer
+from .passthrough import PassThrough
+from .sessions import Sessions, aware, digest
+from .signin import SignIn
+
+PENDING_LIFETIME = 15 * 60  # how long a sign-in page may stay open
+
+
+def gateway_settings(settings: Settings) -> GatewaySettings:
+    if settings.gateway is None:
+        raise GatewayNotConfigured(str(settings.config_file or "ght.toml (absent)"))
+    return settings.gateway
+
+
+class Gateway:
+    """One gateway: every process built from the same settings and database behaves the same."""
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.config = gateway_settings(settings)
+        self.store = store or open_store(settings.database_url)
+        self.keys = KeyStore(self.store, self.config)
+        sites = settings.load_sites() if settings.sites else []
+        connections = {s.code: s.connection for s in sites if isinstance(s.connection, LdapConnection)}
+        self.site_names = {s.code: s.site.name for s in sites}
+        self.passthrough = PassThrough(connections, self.config.ldap_timeout)
+        self.signin = SignIn(self.store, self.config, self.passthrough)
+        self.sessions = Sessions(self.store, self.config)
+        self.claims = ClaimsBuilder(settings.professions)
+        self.logout = Logout(self.store, self.keys, self.config)
+        self.clients = ClientRegistry(self.store)
+        self.server = GatewayAuthorizationServer(
+            self.store, self.config, self.keys, self.claims, self.logout.end_session
+        )
+
+    @property
+    def issuer(self) -> str:
+        return self.config.issuer
+
+    # -- authorization requests waiting for the person --------------------------------------------
+
+    def save_pending(self, params: dict[str, str], browser: str) -> PendingAuthorization:
+        now = utcnow()
+        pending = PendingAuthorization(
+            id=secrets.token_urlsafe(24),
+            params=params,
+            browser_hash=digest(browser),
+            csrf=secrets.token_urlsafe(24),
+            created_at=now,
+            expires_at=now + timedelta(seconds=PENDING_LIFETIME),
+        )
+        with self.store.session() as session:
+            session.execute(delete(PendingAuthorization).where(col(PendingAuthorization.expires_at) < now))
+            session.add(pending)
+            session.commit()
+        return pending
+
+    def pending(self, pending_id: str | None, browser: str | None) -> PendingAuthorization | None:
+        """The pending request, only for the browser that started it and only while it is fresh."""
+        if not pending_id or not browser:
+            return None
+        with self.store.session() as session:
+            pending = session.get(PendingAuthorization, pending_id)
+        if (
+            pending is None
+            or pending.browser_hash != digest(browser)
+            or aware(pending.expires_at) <= utcnow()
+        ):
+            return None
+        return pending
+
+    def drop_pending(self, pending_id: str) -> None:
+        with self.store.session() as session:
+            session.execute(delete(PendingAuthorization).where(col(PendingAuthorization.id) == pending_id))
+            session.commit()
+
+    # -- operations ---------------------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        """Can this process serve? The database answers and a signing key can be opened."""
+        try:
+            with self.store.session() as session:
+                session.execute(text("SELECT 1"))
+                session.execute(select(col(PendingAuthorization.id)).limit(1))
+            self.keys.signing_key()
+        except Exception as exc:  # readiness reports, it does not raise
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, "ok"

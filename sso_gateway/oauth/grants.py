@@ -1,0 +1,317 @@
+"""The grants the gateway offers, as Authlib grant classes with our storage and our stricter rules.
+
+- Authorization code (+ OpenID Connect): codes are single use, claimed atomically; a second use revokes
+  everything the first one issued (RFC 6749 §4.1.2, RFC 9700 §4.5).
+- PKCE: S256 only, required for every client unless its registration says otherwise (public clients
+  always); a `code_challenge_method` must be given (no silent `plain` downgrade); a verifier without
+  a challenge is refused (RFC 9700 §4.8.2).
+- Refresh token: rotated on every use; presenting a used one revokes the whole grant (RFC 9700 §4.14.2).
+- Client credentials: for back-end services, no refresh token.
+- Client authentication: client_secret_basic, client_secret_post, private_key_jwt (RFC 7523, with
+  `jti` replay detection), and `none` for public clients.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from authlib.oauth2.rfc6749 import InvalidRequestError, grants
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oidc.core import OpenIDCode
+from joserfc.jwk import KeySet
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
+
+from directory_sync.store import Person, PersonStatus, utcnow
+
+from ..audit import record_event
+from ..models import AuthorizationCode, ClientAssertionUse, Grant, IssuedToken
+from ..sessions import add_session_client, aware, digest
+from .tokens import REFRESH, AuthenticatedUser, TokenView, epoch, find_token, revoke_grants
+
+if TYPE_CHECKING:
+    from .server import GatewayAuthorizationServer
+
+AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+
+def _server(grant: grants.BaseGrant) -> GatewayAuthorizationServer:
+    server: GatewayAuthorizationServer = grant.server
+    return server
+
+
+class CodeView:
+    """A claimed authorization code, as Authlib's code grant and OpenID extension read it."""
+
+    def __init__(self, record: AuthorizationCode, grant: Grant) -> None:
+        self.record = record
+        self.grant = grant
+        self.code_challenge = record.code_challenge
+        self.code_challenge_method = record.code_challenge_method
+
+    def get_redirect_uri(self) -> str:
+        return self.record.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.record.scope
+
+    def get_nonce(self) -> str | None:
+        return self.record.nonce
+
+    def get_auth_time(self) -> int | None:
+        return epoch(self.grant.auth_time)
+
+    def get_acr(self) -> str | None:
+        return None
+
+    def get_amr(self) -> list[str] | None:
+        return list(self.grant.amr) or None
+
+
+def _active_user(server: GatewayAuthorizationServer, grant: Grant | None) -> AuthenticatedUser | None:
+    """The grant's person, if the grant stands and the person may still sign in."""
+    if grant is None or grant.revoked_at is not None or grant.person_id is None:
+        return None
+    with server.store.session() as session:
+        person = session.get(Person, grant.person_id)
+    if person is None or person.status != PersonStatus.ACTIVE:
+        return None
+    return AuthenticatedUser(
+        person_id=grant.person_id,
+        sid=grant.sid,
+        auth_time=epoch(grant.auth_time),
+        amr=list(grant.amr),
+        current_site=grant.current_site,
+        grant_id=grant.id,
+    )
+
+
+class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
+    AUTHORIZATION_CODE_LENGTH = 43
+
+    def save_authorization_code(self, code: str, request: Any) -> None:
+        server = _server(self)
+        user: AuthenticatedUser = request.user
+        data = request.payload.data
+        now = utcnow()
+        grant = Grant(
+            id=secrets.token_hex(16),
+            client_id=request.client.client_id,
+            person_id=user.person_id,
+            sid=user.sid,
+            scope=request.scope or "",
+            current_site=user.current_site,
+            auth_time=now - timedelta(seconds=time.time() - user.auth_time) if user.auth_time else now,
+            amr=user.amr,
+        )
+        record = AuthorizationCode(
+            code_hash=digest(code),
+            grant_id=grant.id,
+            client_id=request.client.client_id,
+            redirect_uri=request.payload.redirect_uri or request.client.get_default_redirect_uri(),
+            scope=request.scope or "",
+            nonce=data.get("nonce"),
+            code_challenge=data.get("code_challenge"),
+            code_challenge_method=data.get("code_challenge_method"),
+            created_at=now,
+            expires_at=now + timedelta(seconds=server.settings.authorization_code_lifetime),
+        )
+        with server.store.session() as session:
+            session.add(grant)
+            session.add(record)
+            if user.sid:
+                add_session_client(session, user.sid, request.client.client_id)
+            session.commit()
+
+    def query_authorization_code(self, code: str, client: Any) -> CodeView | None:
+        """Claim the code (first use only). A second use revokes the grant and what it issued."""
+        server = _server(self)
+        code_hash = digest(code)
+        now = utcnow()
+        with server.store.session() as session:
+            record = session.get(AuthorizationCode, code_hash)
+            if record is None or record.client_id != client.client_id:
+                return None
+            claimed = session.execute(
+                update(AuthorizationCode)
+                .where(
+                    col(AuthorizationCode.code_hash) == code_hash, col(AuthorizationCode.used_at).is_(None)
+                )
+                .values(used_at=now)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                revoked = revoke_grants(session, grant_id=record.grant_id, reason="code_reuse")
+                record_event(
+                    session,
+                    "code_reuse",
+                    client_id=client.client_id,
+                    address=getattr(self.request, "address", None),
+                    revoked_grants=len(revoked),
+                )
+                session.commit()
+                return None
+            session.commit()
+            grant = session.get(Grant, record.grant_id)
+        if grant is None or aware(record.expires_at) <= now:
+            return None
+        return CodeView(record, grant)
+
+    def delete_authorization_code(self, authorization_code: CodeView) -> None:
+        """Nothing to do: the code was marked used when claimed, and is kept to detect reuse."""
+
+    def authenticate_user(self, authorization_code: CodeView) -> AuthenticatedUser | None:
+        return _active_user(_server(self), authorization_code.grant)
+
+
+class S256CodeChallenge(CodeChallenge):
+    """PKCE with S256 only, required unless the client's registration waives it (never for public ones)."""
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD: ClassVar[list[str]] = ["S256"]
+    CODE_CHALLENGE_METHODS: ClassVar[dict[str, Any]] = {"S256": CodeChallenge.CODE_CHALLENGE_METHODS["S256"]}
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        client = grant.request.client
+        required = client.record.require_pkce or client.record.public
+        if required and not data.get("code_challenge"):
+            raise InvalidRequestError("PKCE is required: send code_challenge and code_challenge_method=S256")
+        if data.get("code_challenge") and data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("code_challenge_method must be S256 ('plain' is not accepted)")
+        super().validate_code_challenge(grant, redirect_uri)
+
+
+class GatewayOpenIDCode(OpenIDCode):
+    """ID tokens for the code flow: signed with the current key, carrying the territorial claims."""
+
+    def __init__(self, server: GatewayAuthorizationServer) -> None:
+        super().__init__(require_nonce=False)
+        self.gateway = server
+
+    def resolve_client_private_key(self, client: Any) -> Any:
+        return self.gateway.keys.signing_key()[2]
+
+    def get_client_algorithm(self, client: Any) -> str:
+        return self.gateway.keys.signing_key()[1]
+
+    def get_encode_header(self, client: Any) -> dict[str, str]:
+        kid, alg, _ = self.gateway.keys.signing_key()
+        return {"alg": alg, "kid": kid, "typ": "JWT"}
+
+    def get_client_claims(self, client: Any) -> dict[str, Any]:
+        now = int(time.time())
+        return {
+            "iss": self.gateway.settings.issuer,
+            "aud": client.client_id,
+            "iat": now,
+            "exp": now + self.gateway.settings.id_token_lifetime,
+        }
+
+    def exists_nonce(self, nonce: str, request: Any) -> bool:
+        with self.gateway.store.session() as session:
+            return (
+                session.execute(
+                    select(col(AuthorizationCode.code_hash))
+                    .where(
+                        col(AuthorizationCode.client_id) == request.payload.client_id,
+                        col(AuthorizationCode.nonce) == nonce,
+                    )
+                    .limit(1)
+                ).first()
+                is not None
+            )
+
+    def generate_user_info(self, user: AuthenticatedUser, scope: str) -> dict[str, Any]:
+        claims = self.gateway.user_claims(user, scope)
+        if user.sid:
+            claims["sid"] = user.sid
+        return claims
+
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str) -> TokenView | None:
+        """The stored refresh token, claimed for this one use. A reused token revokes its grant."""
+        server = _server(self)
+        now = utcnow()
+        with server.store.session() as session:
+            view = find_token(session, refresh_token, REFRESH)
+            if view is None:
+                return None
+            if view.record.revoked_at is not None or view.is_expired():
+                return None
+            claimed = session.execute(
+                update(IssuedToken)
+                .where(
+                    col(IssuedToken.token_hash) == view.record.token_hash,
+                    col(IssuedToken.rotated_at).is_(None),
+                    col(IssuedToken.revoked_at).is_(None),
+                )
+                .values(rotated_at=now)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                if view.record.grant_id:
+                    revoke_grants(session, grant_id=view.record.grant_id, reason="refresh_token_reuse")
+                record_event(
+                    session,
+                    "refresh_token_reuse",
+                    client_id=view.record.client_id,
+                    person_id=view.record.person_id,
+                    address=getattr(self.request, "address", None),
+                )
+                session.commit()
+                return None
+            session.commit()
+        if view.grant is not None and view.grant.revoked_at is not None:
+            return None
+        return view
+
+    def authenticate_user(self, refresh_token: TokenView) -> AuthenticatedUser | None:
+        return _active_user(_server(self), refresh_token.grant)
+
+    def revoke_old_credential(self, refresh_token: TokenView) -> None:
+        """Nothing to do: the old token was marked rotated when claimed, and is kept to detect reuse."""
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS
+
+
+class PrivateKeyJWT(JWTBearerClientAssertion):
+    """private_key_jwt client authentication (RFC 7523 §2.2, OpenID Connect Core §9)."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def __init__(self, server: GatewayAuthorizationServer) -> None:
+        super().__init__(validate_jti=True, leeway=30)
+        self.gateway = server
+
+    def get_audiences(self) -> list[str]:
+        issuer = self.gateway.settings.issuer
+        return [issuer, f"{issuer}/token"]
+
+    def resolve_client_public_key(self, client: Any) -> KeySet:
+        jwks: Any = client.record.jwks or {"keys": []}
+        return KeySet.import_key_set(jwks)
+
+    def validate_jti(self, claims: Any, jti: str) -> bool:
+        expires = utcnow() + timedelta(minutes=10)
+        with self.gateway.store.session() as session:
+            session.execute(delete(ClientAssertionUse).where(col(ClientAssertionUse.expires_at) < utcnow()))
+            session.add(
+                ClientAssertionUse(client_id=str(claims["sub"]), jti=str(jti)[:255], expires_at=expires)
+            )
+            try:
+                session.commit()
+            except IntegrityError:
+                return False
+        return True

@@ -1,0 +1,215 @@
+"""Access tokens (JWT, RFC 9068), refresh tokens, and their state in the database.
+
+An access token is a JWT (`typ: at+jwt`) signed with the current key, audience-restricted to the
+client it was issued to, valid `access_token_lifetime` seconds. It is also recorded (as a digest) so
+that revocation and introspection are exact, in every process. A refresh token is 256 random bits,
+recorded as a digest; each use rotates it, and a second use of the same one revokes the whole grant.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from authlib.oauth2.rfc6749 import TokenMixin
+from joserfc import jwt
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from directory_sync.config import GatewaySettings
+from directory_sync.store import Store, utcnow
+
+from ..keys import KeyStore
+from ..models import Grant, IssuedToken
+from ..sessions import aware, digest
+
+if TYPE_CHECKING:
+    from ..clients import Client
+
+ACCESS = "access_token"
+REFRESH = "refresh_token"
+
+
+@dataclass
+class AuthenticatedUser:
+    """The person a grant is for, with the session facts the tokens carry."""
+
+    person_id: str
+    sid: str | None = None
+    auth_time: int | None = None
+    amr: list[str] = field(default_factory=list)
+    current_site: str | None = None
+    grant_id: str | None = None
+
+    def get_user_id(self) -> str:
+        return self.person_id
+
+
+def epoch(when: datetime | None) -> int | None:
+    return int(aware(when).timestamp()) if when else None
+
+
+class TokenFactory:
+    """Authlib's token generator: builds the token response of every grant."""
+
+    def __init__(self, settings: GatewaySettings, keys: KeyStore) -> None:
+        self.settings = settings
+        self.keys = keys
+
+    def access_token(self, client_id: str, user: AuthenticatedUser | None, scope: str, lifetime: int) -> str:
+        kid, alg, key = self.keys.signing_key()
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.settings.issuer,
+            "sub": user.person_id if user else client_id,
+            "aud": client_id,
+            "client_id": client_id,
+            "iat": now,
+            "exp": now + lifetime,
+            "jti": secrets.token_urlsafe(16),
+            "scope": scope,
+        }
+        if user is not None:
+            if user.auth_time:
+                claims["auth_time"] = user.auth_time
+            if user.sid:
+                claims["sid"] = user.sid
+            if user.current_site:
+                claims["current_site"] = user.current_site
+        return jwt.encode({"typ": "at+jwt", "alg": alg, "kid": kid}, claims, key, algorithms=[alg])
+
+    def __call__(
+        self,
+        grant_type: str,
+        client: Client,
+        user: AuthenticatedUser | None = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        lifetime = expires_in or self.settings.access_token_lifetime
+        token: dict[str, Any] = {
+            "token_type": "Bearer",
+            "access_token": self.access_token(client.client_id, user, scope or "", lifetime),
+            "expires_in": lifetime,
+            "scope": scope or "",
+        }
+        if include_refresh_token and user is not None:
+            token["refresh_token"] = secrets.token_urlsafe(32)
+        return token
+
+
+def save_tokens(store: Store, settings: GatewaySettings, token: dict[str, Any], request: Any) -> None:
+    """Record the tokens of a response (as digests) under the request's grant."""
+    user: AuthenticatedUser | None = request.user if isinstance(request.user, AuthenticatedUser) else None
+    now = utcnow()
+    access = token["access_token"]
+    rows = [
+        IssuedToken(
+            token_hash=digest(access),
+            kind=ACCESS,
+            grant_id=user.grant_id if user else None,
+            client_id=request.client.client_id,
+            person_id=user.person_id if user else None,
+            scope=token.get("scope", ""),
+            jti=_unverified_claims(access).get("jti"),
+            issued_at=now,
+            expires_at=now + timedelta(seconds=int(token["expires_in"])),
+        )
+    ]
+    if "refresh_token" in token:
+        rows.append(
+            IssuedToken(
+                token_hash=digest(token["refresh_token"]),
+                kind=REFRESH,
+                grant_id=user.grant_id if user else None,
+                client_id=request.client.client_id,
+                person_id=user.person_id if user else None,
+                scope=token.get("scope", ""),
+                issued_at=now,
+                expires_at=now + timedelta(seconds=settings.refresh_token_lifetime),
+            )
+        )
+    with store.session() as session:
+        session.add_all(rows)
+        session.commit()
+
+
+def _unverified_claims(token: str) -> dict[str, Any]:
+    """The payload of a JWT we have just signed ourselves (no need to verify our own signature)."""
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+class TokenView(TokenMixin):
+    """A recorded token as Authlib's refresh grant, introspection and revocation endpoints see it."""
+
+    def __init__(self, record: IssuedToken, grant: Grant | None) -> None:
+        self.record = record
+        self.grant = grant
+        self.client_id = record.client_id
+        self.scope = record.scope
+
+    def check_client(self, client: Client) -> bool:
+        return self.record.client_id == client.client_id
+
+    def get_scope(self) -> str:
+        return self.record.scope
+
+    def get_expires_in(self) -> int:
+        return max(0, int((aware(self.record.expires_at) - utcnow()).total_seconds()))
+
+    def is_expired(self) -> bool:
+        return aware(self.record.expires_at) <= utcnow()
+
+    def is_revoked(self) -> bool:
+        return (
+            self.record.revoked_at is not None
+            or self.record.rotated_at is not None
+            or (self.grant is not None and self.grant.revoked_at is not None)
+        )
+
+    def get_user(self) -> str | None:
+        return self.record.person_id
+
+    def get_client(self) -> Any:
+        return self.record.client_id
+
+
+def find_token(session: Session, token: str, kind: str | None = None) -> TokenView | None:
+    record = session.get(IssuedToken, digest(token))
+    if record is None or (kind is not None and record.kind != kind):
+        return None
+    grant = session.get(Grant, record.grant_id) if record.grant_id else None
+    return TokenView(record, grant)
+
+
+def revoke_grants(
+    session: Session, *, grant_id: str | None = None, sid: str | None = None, reason: str
+) -> list[str]:
+    """Revoke grants (by id or by session) and every token issued under them. The caller commits."""
+    now = utcnow()
+    query = select(col(Grant.id)).where(col(Grant.revoked_at).is_(None))
+    if grant_id is not None:
+        query = query.where(col(Grant.id) == grant_id)
+    elif sid is not None:
+        query = query.where(col(Grant.sid) == sid)
+    else:
+        raise ValueError("revoke_grants needs a grant_id or a sid")
+    ids = list(session.execute(query).scalars())
+    if ids:
+        session.execute(
+            update(Grant).where(col(Grant.id).in_(ids)).values(revoked_at=now, revoked_reason=reason)
+        )
+        session.execute(
+            update(IssuedToken)
+            .where(col(IssuedToken.grant_id).in_(ids), col(IssuedToken.revoked_at).is_(None))
+            .values(revoked_at=now)
+        )
+    return ids

@@ -1,0 +1,32 @@
+"""`ght gateway serve`: uvicorn running the gateway, in one process or several workers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import uvicorn
+
+from directory_sync.config import CONFIG_ENV, Settings
+
+from .gateway import Gateway
+
+
+def serve(settings: Settings, host: str, port: int, workers: int = 1, *, log_level: str = "info") -> None:
+    """Serve until interrupted. Checks the configuration (and creates a first signing key) before binding."""
+    gateway = Gateway(settings)
+    gateway.keys.ensure_key()
+    gateway.keys.signing_key()  # fails here, in one line, if the key-encryption key is not the right one
+    if settings.config_file is not None:
+        os.environ[CONFIG_ENV] = str(Path(settings.config_file).resolve())
+    os.environ.setdefault("GHT_DATABASE_URL", settings.database_url)
+    uvicorn.run(
+        "sso_gateway.web.app:create_app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        proxy_headers=True,
+        access_log=False,  # URLs carry codes and states: the audit trail says what matters
+    )

@@ -1,0 +1,92 @@
+"""Browser sessions (server-side): one per person per browser, identified by `sid` in ID tokens.
+
+The browser holds only a random cookie (HttpOnly); the database holds its SHA-256 digest, the person,
+when and how they authenticated, and the site where they are working now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from directory_sync.config import GatewaySettings
+from directory_sync.store import Store, utcnow
+
+from .models import BrowserSession, SessionClient, SiteChoice
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def aware(when: datetime) -> datetime:
+    """SQLite gives naive datetimes back: they are UTC."""
+    return when if when.tzinfo else when.replace(tzinfo=utcnow().tzinfo)
+
+
+class Sessions:
+    def __init__(self, store: Store, settings: GatewaySettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def start(self, person_id: str, amr: list[str], current_site: str | None) -> tuple[BrowserSession, str]:
+        """A new session; returns it and the cookie value to give the browser (shown only here)."""
+        cookie = secrets.token_urlsafe(32)
+        now = utcnow()
+        record = BrowserSession(
+            sid=secrets.token_urlsafe(24),
+            cookie_hash=digest(cookie),
+            person_id=person_id,
+            auth_time=now,
+            amr=amr,
+            current_site=current_site,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.settings.session_lifetime),
+        )
+        with self.store.session() as session:
+            session.add(record)
+            session.commit()
+        return record, cookie
+
+    def current(self, cookie: str | None) -> BrowserSession | None:
+        """The live session behind a cookie, if any (ended or expired sessions are not)."""
+        if not cookie:
+            return None
+        with self.store.session() as session:
+            live = session.execute(
+                select(BrowserSession).where(col(BrowserSession.cookie_hash) == digest(cookie))
+            ).scalar_one_or_none()
+        if live is None or live.ended_at is not None or aware(live.expires_at) <= utcnow():
+            return None
+        return live
+
+    def get(self, sid: str) -> BrowserSession | None:
+        with self.store.session() as session:
+            return session.get(BrowserSession, sid)
+
+    def set_site(self, sid: str, person_id: str, site: str) -> None:
+        """The person says where they work now: the session and their remembered choice follow."""
+        with self.store.session() as session:
+            session.execute(
+                update(BrowserSession).where(col(BrowserSession.sid) == sid).values(current_site=site)
+            )
+            remember_site(session, person_id, site)
+            session.commit()
+
+
+def remember_site(session: Session, person_id: str, site: str) -> None:
+    choice = session.get(SiteChoice, person_id) or SiteChoice(person_id=person_id, site=site)
+    choice.site = site
+    choice.chosen_at = utcnow()
+    session.add(choice)
+
+
+def add_session_client(session: Session, sid: str, client_id: str) -> None:
+    """Remember that `client_id` received tokens in session `sid` (for back-channel logout)."""
+    if session.get(SessionClient, (sid, client_id)) is None:
+        session.add(SessionClient(sid=sid, client_id=client_id))

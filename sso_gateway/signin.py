@@ -1,0 +1,223 @@
+"""Signing a person in: find them in the territorial directory, check the password, throttle, audit.
+
+A person types their territorial login, their email, a hospital login as `SITE\\login`, or a UPN
+(`login@domain`). The lookup is SQL with bound parameters; nothing typed reaches an LDAP filter or DN.
+The password is checked with the person's local credential if IT set one (`ght people set-password`),
+otherwise by an LDAP bind on one of their active accounts: the account named by `SITE\\login` first,
+then the home site's (the person's earliest active affiliation), then the others, moving on only when a
+directory is down. Every failure (unknown login, wrong password, suspended person, every directory
+down) gives the person the same answer; the audit trail says which it was.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from directory_sync.config import GatewaySettings
+from directory_sync.store import Account, AccountState, Affiliation, Person, PersonStatus, Store
+
+from .audit import record_event
+from .local_credentials import has_local_password, verify_local_password
+from .passthrough import BindOutcome, PassThrough
+from .throttle import Throttle
+
+MAX_IDENTIFIER = 256
+
+
+@dataclass(frozen=True)
+class Match:
+    """The person a typed identifier designates, and the account it named, if it named one."""
+
+    person: Person
+    account_id: int | None = None
+
+
+def _one_person(session: Session, person_ids: set[str]) -> Person | None:
+    if len(person_ids) != 1:
+        return None  # nobody, or ambiguous: `SITE\login` resolves it
+    return session.get(Person, next(iter(person_ids)))
+
+
+def find_person(session: Session, identifier: str) -> Match | None:
+    """The person designated by a territorial login, email, `SITE\\login` or UPN; None if none or several."""
+    text = identifier.strip()
+    if not text or len(text) > MAX_IDENTIFIER:
+        return None
+    site, backslash, login = text.rpartition("\\")
+    accounts = select(Account).where(col(Account.state) != AccountState.DELETED)
+    if backslash:
+        rows = list(
+            session.execute(
+                accounts.where(func.lower(col(Account.site)) == site.lower()).where(
+                    func.lower(col(Account.login)) == login.lower()
+                )
+            ).scalars()
+        )
+        person = _one_person(session, {a.person_id for a in rows})
+        return Match(person, rows[0].id) if person else None
+    if "@" in text:
+        people = {
+            p
+            for p in session.execute(
+                select(col(Person.id)).where(func.lower(col(Person.email)) == text.lower())
+            ).scalars()
+        }
+        person = _one_person(session, people)
+        if person:
+            return Match(person)
+        local = text.split("@", 1)[0].lower()
+        rows = [
+            a
+            for a in session.execute(
+                accounts.where(func.lower(col(Account.login)).in_([text.lower(), local]))
+            ).scalars()
+            if a.login.lower() == text.lower()
+            or str(a.attributes.get("userprincipalname", "")).lower() == text.lower()
+        ]
+        person = _one_person(session, {a.person_id for a in rows})
+        return Match(person, rows[0].id if len(rows) == 1 else None) if person else None
+    territorial_login = getattr(Person, "login", None)  # the stored territorial login, once it exists
+    if territorial_login is not None:
+        people = set(
+            session.execute(
+                select(col(Person.id)).where(func.lower(territorial_login) == text.lower())
+            ).scalars()
+        )
+        if people:
+            return Match(person) if (person := _one_person(session, people)) else None
+    rows = list(session.execute(accounts.where(func.lower(col(Account.login)) == text.lower())).scalars())
+    person = _one_person(session, {a.person_id for a in rows})
+    return Match(person, rows[0].id if len(rows) == 1 else None) if person else None
+
+
+def candidate_accounts(session: Session, match: Match) -> list[Account]:
+    """The person's enabled accounts at sites where they are active: named one, home site, then others."""
+    active_sites = {
+        a.site: a.started_at
+        for a in session.execute(
+            select(Affiliation).where(
+                col(Affiliation.person_id) == match.person.id, col(Affiliation.active).is_(True)
+            )
+        ).scalars()
+    }
+    accounts = [
+        a
+        for a in session.execute(
+            select(Account).where(
+                col(Account.person_id) == match.person.id, col(Account.state) == AccountState.ENABLED
+            )
+        ).scalars()
+        if a.site in active_sites
+    ]
+    return sorted(accounts, key=lambda a: (a.id != match.account_id, active_sites[a.site], a.site))
+
+
+class Failure(enum.StrEnum):
+    UNKNOWN_LOGIN = "unknown_login"
+    WRONG_PASSWORD = "wrong_password"
+    NOT_ACTIVE = "person_not_active"
+    DIRECTORY_DOWN = "directory_unavailable"
+    NO_CREDENTIAL = "no_credential"
+    THROTTLED = "throttled"
+
+
+@dataclass
+class SignInResult:
+    person: Person | None = None
+    amr: list[str] = field(default_factory=list)
+    failure: Failure | None = None
+    retry_after: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.person is not None
+
+
+class SignIn:
+    """Checks a login and password once, throttled per account and per address, and audits it."""
+
+    def __init__(self, store: Store, settings: GatewaySettings, passthrough: PassThrough) -> None:
+        self.store = store
+        self.settings = settings
+        self.passthrough = passthrough
+        self.throttle = Throttle(settings)
+
+    def __call__(self, identifier: str, password: str, address: str) -> SignInResult:
+        with self.store.session() as session:
+            match = find_person(session, identifier)
+            digest = hashlib.sha256(identifier.strip().lower().encode()).hexdigest()[:32]
+            account_key = f"person:{match.person.id}" if match else f"login:{digest}"
+            address_key = f"address:{address}"
+            wait = self.throttle.wait_seconds(session, [account_key, address_key])
+            if wait:
+                record_event(
+                    session,
+                    "signin_throttled",
+                    person_id=match.person.id if match else None,
+                    address=address,
+                    retry_after=wait,
+                )
+                session.commit()
+                return SignInResult(failure=Failure.THROTTLED, retry_after=wait)
+            result = self._check(session, match, password)
+            person_id = match.person.id if match else None
+            if result.ok:
+                self.throttle.success(session, account_key)
+                record_event(session, "signin", person_id=person_id, address=address, amr=result.amr)
+            else:
+                assert result.failure is not None
+                counted = result.failure is not Failure.DIRECTORY_DOWN
+                locked = counted and self.throttle.failure(
+                    session, account_key, lock_after=self.settings.login_lockout_after
+                )
+                if counted:
+                    limit = self.settings.login_ip_lockout_after
+                    self.throttle.failure(session, address_key, lock_after=limit, free=limit // 2)
+                record_event(
+                    session,
+                    "signin_failed",
+                    person_id=person_id,
+                    address=address,
+                    reason=str(result.failure),
+                    login_digest=None if match else digest,
+                )
+                if locked:
+                    record_event(session, "account_locked", person_id=person_id, address=address)
+            session.commit()
+            return result
+
+    def _check(self, session: Session, match: Match | None, password: str) -> SignInResult:
+        if match is None:
+            return SignInResult(failure=Failure.UNKNOWN_LOGIN)
+        person = match.person
+        if has_local_password(session, person.id):
+            if not verify_local_password(session, person.id, password):
+                return SignInResult(failure=Failure.WRONG_PASSWORD)
+            outcome_ok = True
+            amr = ["pwd"]
+        else:
+            outcome_ok = False
+            amr = ["pwd"]
+            tried = False
+            for account in candidate_accounts(session, match):
+                if not self.passthrough.handles(account.site):
+                    continue
+                tried = True
+                outcome = self.passthrough.check(account.site, account.dn, account.anchor, password)
+                if outcome is BindOutcome.ACCEPTED:
+                    outcome_ok = True
+                    break
+                if outcome is BindOutcome.REJECTED:
+                    return SignInResult(failure=Failure.WRONG_PASSWORD)
+            if not outcome_ok:
+                return SignInResult(failure=Failure.DIRECTORY_DOWN if tried else Failure.NO_CREDENTIAL)
+        # Checked after the password, so that a suspended person's answer looks like anyone's.
+        if person.status != PersonStatus.ACTIVE:
+            return SignInResult(failure=Failure.NOT_ACTIVE)
+        return SignInResult(person=person, amr=amr)

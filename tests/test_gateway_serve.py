@@ -1,0 +1,193 @@
+"""`ght gateway serve` as IT staff run it, and an independent relying party (npm openid-client) against it.
+
+One gateway process serves the module (SQLite); the clients, passwords and keys are set with the `ght`
+command itself, in fresh processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from directory_sync.store import open_store
+from tests.servers.gateway import PASSWORD, REPO, GatewayProcess, ght, seed_directory, write_config
+
+PEERS = REPO / "tests" / "oidc_peers"
+CALLBACK = "http://127.0.0.1:9/callback"  # never contacted: the RP reads the code from the redirect
+
+
+@dataclass
+class Served:
+    config: Path
+    gateway: GatewayProcess
+
+    def ght_json(self, *args: str) -> Any:
+        done = ght(*args, "--json", config=self.config)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("serve")
+    database = f"sqlite:///{tmp}/ght.db"
+    seed_directory(open_store(database))
+    config = write_config(tmp, database, "http://127.0.0.1:0", mappings_dir=REPO / "mappings")
+    port = _free_port()
+    config = write_config(tmp, database, f"http://127.0.0.1:{port}", mappings_dir=REPO / "mappings")
+    done = ght(
+        "people", "set-password", "--password-stdin", "ch-carpentras\\pgarcia", config=config, stdin=PASSWORD
+    )
+    assert done.returncode == 0, done.stderr
+    gateway = GatewayProcess(config, port=port)
+    try:
+        yield Served(config, gateway)
+    finally:
+        gateway.stop()
+
+
+def _free_port() -> int:
+    from tests.servers.slapd import free_port
+
+    return free_port()
+
+
+def test_openid_client_completes_every_flow_against_the_served_gateway(served: Served) -> None:
+    if shutil.which("node") is None or not (PEERS / "node_modules" / "openid-client").exists():
+        pytest.fail(
+            "openid-client is not installed: run `make node-packages` (npm ci --prefix tests/oidc_peers)"
+        )
+    rp = served.ght_json("clients", "add", "DPI", "--redirect-uri", CALLBACK)
+    service = served.ght_json("clients", "add", "Facturation", "--grant", "client_credentials")
+    config = {
+        "issuer": served.gateway.url,
+        "client_id": rp["client_id"],
+        "client_secret": rp["client_secret"],
+        "redirect_uri": CALLBACK,
+        "login": "pgarcia",
+        "password": PASSWORD,
+        "cc_client_id": service["client_id"],
+        "cc_client_secret": service["client_secret"],
+    }
+    done = subprocess.run(
+        ["node", str(PEERS / "rp.mjs")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RP_CONFIG": json.dumps(config)},
+    )
+    assert done.returncode == 0, done.stderr + served.gateway.log_tail()
+    result = json.loads(done.stdout)
+    assert result["issuer"] == served.gateway.url and result["callback_has_iss"]
+    assert (
+        result["id_token"]["aud"] == rp["client_id"] and result["id_token"]["current_site"] == "ch-carpentras"
+    )
+    assert result["userinfo"]["sub"] == result["id_token"]["sub"]
+    assert result["userinfo"]["profession"] == {"code": "60", "label": "Infirmier"}
+    assert result["refresh_rotated"] and result["introspection_active"]
+    assert result["introspection_after_revocation"] is False and result["old_refresh_refused"]
+    assert result["client_credentials"]["token_type"].lower() == "bearer"
+    assert not result["client_credentials"]["has_refresh"]
+    assert result["client_credentials_introspection"]["sub"] == service["client_id"]
+
+
+def test_clients_commands(served: Served) -> None:
+    added = served.ght_json(
+        "clients", "add", "Pharmacie", "--redirect-uri", "https://pharma.ght.test/cb",
+        "--post-logout-redirect-uri", "https://pharma.ght.test/", "--backchannel-logout-uri",
+        "https://pharma.ght.test/bcl",
+    )  # fmt: skip
+    client_id, secret = added["client_id"], added["client_secret"]
+    assert len(secret) >= 43
+    shown = served.ght_json("clients", "show", client_id)
+    assert "client_secret" not in shown and shown["redirect_uris"] == ["https://pharma.ght.test/cb"]
+    assert client_id in [c["client_id"] for c in served.ght_json("clients", "list")]
+    token = f"{served.gateway.url}/token"
+    assert (
+        httpx.post(token, data={"grant_type": "client_credentials"}, auth=(client_id, secret)).status_code
+        == 400
+    )
+    rotated = served.ght_json("clients", "rotate-secret", client_id)["client_secret"]
+    assert rotated != secret
+    done = ght("clients", "remove", client_id, config=served.config)
+    assert done.returncode == 0
+    missing = ght("clients", "show", client_id, config=served.config)
+    assert (
+        missing.returncode == 1
+        and missing.stderr.startswith("error: no client")
+        and "Traceback" not in missing.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        ("http://dpi.ght.test/cb", "http is only allowed on the loopback address"),
+        ("https://dpi.ght.test/cb#frag", "must not contain a fragment"),
+        ("https://*.ght.test/cb", "wildcards are not allowed"),
+        ("dpi/cb", "must be an absolute https:// URL"),
+    ],
+)
+def test_a_bad_redirect_uri_is_one_line_error(served: Served, uri: str, problem: str) -> None:
+    done = ght("clients", "add", "X", "--redirect-uri", uri, config=served.config)
+    assert done.returncode == 2 and problem in done.stderr and "Traceback" not in done.stderr
+
+
+def test_keys_rotate_publishes_before_signing_and_keeps_the_old_key(served: Served) -> None:
+    jwks = f"{served.gateway.url}/jwks"
+    before = {k["kid"] for k in httpx.get(jwks).json()["keys"]}
+    rotated = served.ght_json("keys", "rotate", "--publish-delay", "3600")
+    states = {k["kid"]: k["state"] for k in served.ght_json("keys", "list")}
+    assert states[rotated["kid"]] == "next"
+    assert [kid for kid, state in states.items() if state == "signing"] == sorted(before)
+    import time
+
+    time.sleep(5.5)  # the gateway caches keys for 5 s
+    published = {k["kid"] for k in httpx.get(jwks).json()["keys"]}
+    assert published == before | {rotated["kid"]}  # published now...
+    service = served.ght_json("clients", "add", "Labo", "--grant", "client_credentials")
+    token = httpx.post(
+        f"{served.gateway.url}/token",
+        data={"grant_type": "client_credentials"},
+        auth=(service["client_id"], service["client_secret"]),
+    ).json()["access_token"]
+    header = json.loads(_b64decode(token.split(".")[0]))
+    assert header["kid"] in before  # ...but does not sign yet
+
+
+def test_private_keys_are_sealed_and_a_wrong_kek_is_one_line_error(served: Served, tmp_path: Path) -> None:
+    import sqlite3
+
+    database = served.config.parent / "ght.db"
+    with sqlite3.connect(database) as db:
+        sealed = [row[0] for row in db.execute("SELECT private_key FROM gateway_signing_key")]
+    assert sealed and all(s.startswith("aesgcm1:") and "PRIVATE KEY" not in s for s in sealed)
+    other = tmp_path / "ght.toml"
+    other.write_text(
+        served.config.read_text().replace(str(served.config.parent / "kek"), str(tmp_path / "kek"))
+    )
+    (tmp_path / "kek").write_text("another key-encryption key, 32+ chars")
+    for command in (("keys", "rotate"), ("gateway", "serve", "--port", "1")):
+        done = ght(*command, config=other)
+        assert done.returncode == 1 and "sealed with another key-encryption key" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_health_endpoints(served: Served) -> None:
+    assert httpx.get(f"{served.gateway.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{served.gateway.url}/readyz").json()["status"] == "ready"
+
+
+def _b64decode(part: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
