@@ -66,6 +66,7 @@ ConfigOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+SiteOption = Annotated[list[str] | None, typer.Option("--site", "-s", help="Only this site (repeatable).")]
 AdminOption = Annotated[
     str,
     typer.Option("--by", help="Who decides (recorded in the audit trail).", default_factory=getpass.getuser),
@@ -159,9 +160,7 @@ def _plan_table(results: list[SiteResult]) -> Table:
 @sync_app.command("run")
 def sync_run(
     ctx: typer.Context,
-    site: Annotated[
-        list[str] | None, typer.Option("--site", "-s", help="Only this site (repeatable).")
-    ] = None,
+    site: SiteOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Read and plan, change nothing.")] = False,
     allow_deletes: Annotated[
         int,
@@ -251,9 +250,7 @@ def _sync_every(
 @sync_app.command("plan")
 def sync_plan(
     ctx: typer.Context,
-    site: Annotated[
-        list[str] | None, typer.Option("--site", "-s", help="Only this site (repeatable).")
-    ] = None,
+    site: SiteOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """What `ght sync run` would do now, action by action with the reason; changes nothing."""
@@ -449,9 +446,7 @@ def sites_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
 @sites_app.command("test")
 def sites_test(
     ctx: typer.Context,
-    site: Annotated[
-        list[str] | None, typer.Option("--site", "-s", help="Only this site (repeatable).")
-    ] = None,
+    site: SiteOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Connect to each site's source, authenticate and count its accounts. Changes nothing."""

@@ -156,39 +156,61 @@ class LoginAllocator:
         return login
 
 
-@dataclass
 class RunContext:
-    """Loaded once per run and kept in step as sites are planned and applied."""
+    """Loaded once per run and kept in step as sites are planned and applied.
 
-    config: CorrelationConfig
-    index: PersonIndex
-    logins: LoginAllocator
-    decisions: dict[tuple[str, str], list[LinkDecision]]
-    closures: int = 0  # accounts closed so far in this run (for the run-wide threshold)
+    The person index and the taken logins are loaded on first use: a run that meets no new account
+    (a delta of modifications, a run with no change) never pays for reading every person.
+    """
+
+    def __init__(
+        self, config: CorrelationConfig, engine: Any, decisions: dict[tuple[str, str], list[LinkDecision]]
+    ):
+        self.config = config
+        self.decisions = decisions
+        self.closures = 0  # accounts closed so far in this run (for the run-wide threshold)
+        self._engine = engine
+        self._index: PersonIndex | None = None
+        self._logins: LoginAllocator | None = None
+        self._correlator: Correlator | None = None
+
+    @property
+    def index_loaded(self) -> bool:
+        return self._index is not None
+
+    @property
+    def index(self) -> PersonIndex:
+        if self._index is None:
+            index = PersonIndex()
+            with Session(self._engine) as session:
+                # Closed accounts too: a person who left a site and joins another must be found again.
+                for person_id, site, attributes in session.execute(
+                    select(_ACCOUNT.c.person_id, _ACCOUNT.c.site, _ACCOUNT.c.attributes)
+                ):
+                    index.add(person_id, attributes or {}, site)
+            self._index = index
+        return self._index
+
+    @property
+    def logins(self) -> LoginAllocator:
+        if self._logins is None:
+            with Session(self._engine) as session:
+                taken = session.execute(select(_PERSON.c.login).where(_PERSON.c.login.is_not(None))).scalars()
+                self._logins = LoginAllocator(list(taken), self.config.territorial_login.max_length)
+        return self._logins
 
     @property
     def correlator(self) -> Correlator:
-        return Correlator(self.config, self.index)
+        if self._correlator is None:
+            self._correlator = Correlator(self.config, self.index)
+        return self._correlator
 
     @classmethod
     def load(cls, session: Session, config: CorrelationConfig) -> RunContext:
-        index = PersonIndex()
-        # Closed accounts too: a person who left a site and joins another must be found again.
-        for person_id, site, attributes in session.execute(
-            select(_ACCOUNT.c.person_id, _ACCOUNT.c.site, _ACCOUNT.c.attributes)
-        ):
-            index.add(person_id, attributes or {}, site)
-        logins = LoginAllocator(
-            (
-                login
-                for (login,) in session.execute(select(_PERSON.c.login).where(_PERSON.c.login.is_not(None)))
-            ),
-            config.territorial_login.max_length,
-        )
         decisions: dict[tuple[str, str], list[LinkDecision]] = defaultdict(list)
         for decision in session.execute(select(LinkDecision)).scalars():
             decisions[(decision.site, decision.anchor)].append(decision)
-        return cls(config, index, logins, decisions)
+        return cls(config, session.get_bind(), decisions)
 
 
 @dataclass(slots=True)
@@ -205,7 +227,6 @@ class SitePlanner:
     def __init__(self, session: Session, site: str, context: RunContext) -> None:
         self.session = session
         self.context = context
-        self.correlator = context.correlator
         self.plan = SitePlan(site=site, complete=False)
         self._known: dict[str, _Known] = {
             row.anchor: _Known(row.id, row.fingerprint, row.person_id, row.state)
@@ -264,7 +285,8 @@ class SitePlanner:
                     known.id,
                 )
             )
-            self.context.index.add(known.person_id, account.values, self.plan.site)
+            if self.context.index_loaded:  # else it is read from the directory when first needed
+                self.context.index.add(known.person_id, account.values, self.plan.site)
             return
         plan.actions.append(self._correlate(account))
 
@@ -285,7 +307,7 @@ class SitePlanner:
             if decision.kind == "not" and decision.person_id:
                 excluded.add(decision.person_id)
         probe = Probe.of(account.values, self.plan.site)
-        verdict = self.correlator.decide(probe, excluded=excluded)
+        verdict = self.context.correlator.decide(probe, excluded=excluded)
         if verdict.verdict is Verdict.LINK and verdict.person_id:
             return self._link(
                 account, verdict.person_id, verdict.rule or "", verdict.score, verdict.reason, probe
