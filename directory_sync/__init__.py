@@ -1,7 +1,9 @@
 """Directory sync: from each hospital's directory to one territorial directory.
 
-connectors (read a source) -> mapping (territorial vocabulary) -> reconcile (plan, then apply)
--> store (the territorial directory). `sync.run_sync` runs the whole path for the configured sites.
+connectors (read a source; `pipeline` runs them in a worker process) -> mapping (territorial
+vocabulary) -> correlate (which person is this?) -> reconcile (plan, then apply) -> store (the
+territorial directory). `sync.run_sync` runs the whole path for the configured sites; `review` and
+`audit` are the humans' side of it; `azure` exports the directory to Entra ID.
 """
 
 from .config import Settings, SiteMapping, load_settings, load_site_mapping
