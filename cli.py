@@ -1101,7 +1101,8 @@ def demo(
     )
     for s in sites:
         out.print(f"  {s.code:<16}{s.site.name} (FINESS {s.site.finess}), mapping {s.file.relative_to(HERE)}")
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, create=False)
+    store.upgrade()  # the demo's own file: bring a directory left by an older version up to date
     results = _run_with_progress(settings, store, None, dry_run=False, quiet=False)
     out.print(_summary_table(results, f"Synchronised into {database}"))
     with store.session() as session:
