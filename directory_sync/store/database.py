@@ -14,6 +14,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect
@@ -95,7 +96,10 @@ class Store:
                 f"the database is at schema revision {before}, which this version of ght does not know "
                 "(it was written by a newer version): refusing to touch it"
             )
-        command.upgrade(_alembic_config(self.engine), "heads")
+        try:
+            command.upgrade(_alembic_config(self.engine), "heads")
+        except CommandError as exc:
+            raise StoreError(f"cannot upgrade the schema of {self.display_url}: {exc}") from None
         return before, self.current_revision()
 
     def ensure_schema(self) -> None:
