@@ -143,7 +143,7 @@ def _view(session: Session, person: Person) -> PersonView:
             .join(Site, col(Site.code) == col(Affiliation.site), isouter=True)
             .where(col(Affiliation.person_id) == person.id)
             .order_by(col(Affiliation.site))
-        ).tuples()
+        )
     ]
     return PersonView(person, accounts, affiliations)
 
@@ -210,4 +210,5 @@ def restore_person(session: Session, key: str, admin: str, config: CorrelationCo
         ],
     )
     session.commit()
+    session.expire_all()  # refresh_people wrote through Core: reload what the session holds
     return get_person(session, person.id)

@@ -285,3 +285,42 @@ def test_every_change_is_audited_with_its_cause(ght: Ght) -> None:
     updated = next(e for e in events if e.action == "affiliation.updated")
     assert updated.changes == {"department": {"from": "SMUR", "to": "Urgences"}}
     assert all(e.actor.startswith("sync run ") and e.run_id for e in events)
+
+
+def test_after_the_grace_period_a_suspended_person_is_deprovisioned_and_can_be_restored(ght: Ght) -> None:
+    from datetime import timedelta
+
+    from directory_sync.people import restore_person
+    from directory_sync.store import utcnow
+
+    for i in range(3):
+        ght.put("ch-a", f"user{i}", f"Nom{i}", "Jean")
+    ght.sync()
+    ght.remove("ch-a", "user0")
+    ght.sync(allow_closures=1)
+    leaver = ght.person_of("ch-a", "user0")
+    assert leaver.status == "suspended"
+    with ght.store.session() as session:  # 31 days later
+        person = session.get(Person, leaver.id)
+        assert person is not None
+        person.suspended_at = utcnow() - timedelta(days=31)
+        session.commit()
+    ght.sync()
+    gone = ght.person_of("ch-a", "user0")
+    assert (gone.status, gone.deprovisioned_at is not None, gone.login) == (
+        "deprovisioned",
+        True,
+        leaver.login,
+    )
+    with ght.store.session() as session:
+        restored = restore_person(
+            session, gone.id, "jdupont", load_settings(ght.root / "ght.toml").correlation
+        )
+        actions = [
+            e.action
+            for e in session.execute(
+                select(AuditEvent).where(AuditEvent.person_id == gone.id).order_by(AuditEvent.id)
+            ).scalars()
+        ]
+    assert (restored.person.status, restored.person.deprovisioned_at) == ("active", None)  # account reopened
+    assert actions.index("person.deprovisioned") < actions.index("person.restored")
