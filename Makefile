@@ -4,8 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Real servers the tests start themselves: OpenLDAP and PostgreSQL.
-APT_PACKAGES := slapd ldap-utils postgresql chromium
+# Real servers the tests start themselves: OpenLDAP, PostgreSQL, Chromium and nginx (tests/test_cluster.py).
+APT_PACKAGES := slapd ldap-utils postgresql chromium nginx
 # ...and Samba Active Directory domain controllers (tests/servers/samba.py; they need root).
 APT_PACKAGES += samba-ad-dc samba samba-ad-provision samba-dsdb-modules samba-vfs-modules winbind ldb-tools smbclient
 
