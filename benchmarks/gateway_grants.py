@@ -1,25 +1,43 @@
-"""Token-endpoint throughput of `ght gateway serve`: client-credentials grants per second.
+"""Token-endpoint throughput of `ght gateway serve`, against npm oidc-provider in the same run.
 
-Starts a gateway on SQLite (or `--database-url`), registers a client, then drives the token endpoint
-from an async httpx load generator on loopback with `--concurrency` connections for `--seconds` per
-grant, and prints grants/s with p50/p95 latency and the conditions. Refresh grants, complete sign-ins
-and the same run against npm oidc-provider are not measured yet (see benchmarks/README.md).
+Starts a gateway (`--database sqlite`, the default, or `--database postgres`: a private PostgreSQL from
+tests/servers/postgres.py, or `--database-url`), and npm oidc-provider configured alike
+(tests/oidc_peers/provider.mjs: RS256, JWT access tokens, client_secret_basic, refresh-token rotation).
+Then, on loopback with `--concurrency` connections for `--seconds` each (grants driven by wrk and a Lua
+script when wrk is installed, else by async httpx; sign-ins by async httpx, a cookie jar per connection):
 
-    python benchmarks/gateway_grants.py --workers 2 --concurrency 64 --seconds 15
+- gateway: client-credentials grants; complete sign-ins (authorize -> login page -> login form POST
+  checked by an LDAP bind to a private slapd whose hospital was synced into the store, or with
+  `--signin local` against a local argon2id password -> code -> token, PKCE S256); refresh grants,
+  rotating the refresh tokens the sign-ins left;
+- oidc-provider: client-credentials grants; refresh grants (each connection rotating its own token).
+
+Prints rate, p50 and p95 per measure, and the ratio gateway / oidc-provider.
+
+    npm ci --prefix tests/oidc_peers
+    python benchmarks/gateway_grants.py --workers 2 --concurrency 64 --seconds 10 --database postgres
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import platform
+import secrets
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
 
@@ -27,32 +45,219 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from directory_sync.store import open_store  # noqa: E402
-from tests.servers.gateway import GatewayProcess, ght, seed_directory, write_config  # noqa: E402
+from tests.servers.gateway import (  # noqa: E402
+    PASSWORD,
+    GatewayProcess,
+    form_fields,
+    ght,
+    pkce_pair,
+    seed_directory,
+    write_config,
+)
 from tests.servers.slapd import free_port  # noqa: E402
 
+PEERS = REPO / "tests" / "oidc_peers"
+CALLBACK = "http://127.0.0.1:9/cb"  # never contacted: the code is read from the redirect
+LOGIN = "pgarcia"  # the seeded nurse, one active affiliation (no site to pick)
 
-async def hammer(
-    url: str, forms: list[dict[str, str]], auth: tuple[str, str], seconds: float, conc: int
+
+def _limits(conc: int) -> httpx.Limits:
+    return httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+
+
+async def drive(
+    conc: int, seconds: float, step: Callable[[int, httpx.AsyncClient], Awaitable[None]], shared: bool = True
 ) -> list[float]:
-    """Post token requests for `seconds` with `conc` concurrent connections; latencies in seconds."""
+    """Run `step(worker, client)` in a loop on `conc` connections for `seconds`; latencies in seconds.
+
+    `shared`: one client (pool of `conc` connections) for all; otherwise one client (cookie jar) each.
+    """
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+    clients = [httpx.AsyncClient(limits=_limits(conc), timeout=60)] if shared else []
+    clients += [httpx.AsyncClient(limits=_limits(1), timeout=60) for _ in range(0 if shared else conc)]
 
-        async def worker(index: int) -> None:
-            form = forms[index % len(forms)]
-            while time.monotonic() < deadline:
-                start = time.perf_counter()
-                response = await client.post(url, data=form, auth=auth)
-                latencies.append(time.perf_counter() - start)
-                if response.status_code != 200:
-                    raise RuntimeError(f"{response.status_code} {response.text[:200]}")
-                body = response.json()
-                assert "access_token" in body
+    async def worker(index: int) -> None:
+        client = clients[0 if shared else index]
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            await step(index, client)
+            latencies.append(time.perf_counter() - start)
 
+    try:
         await asyncio.gather(*(worker(i) for i in range(conc)))
+    finally:
+        for client in clients:
+            await client.aclose()
     return latencies
+
+
+async def once(conc: int, step: Callable[[int, httpx.AsyncClient], Awaitable[None]]) -> None:
+    """`step` once on each of `conc` connections (a browser each)."""
+    clients = [httpx.AsyncClient(timeout=60) for _ in range(conc)]
+    try:
+        await asyncio.gather(*(step(i, client) for i, client in enumerate(clients)))
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def _ok(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code != 200:
+        raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text[:300]}")
+    body: dict[str, Any] = response.json()
+    assert "access_token" in body, body
+    return body
+
+
+def client_credentials(token_url: str, auth: tuple[str, str], form: dict[str, str]) -> Any:
+    async def step(_: int, client: httpx.AsyncClient) -> None:
+        _ok(await client.post(token_url, data={"grant_type": "client_credentials", **form}, auth=auth))
+
+    return step
+
+
+def refresh(token_url: str, auth: tuple[str, str], chains: list[str]) -> Any:
+    """Each worker rotates its own refresh token: a reused one would be refused (and revoke the grant)."""
+
+    async def step(index: int, client: httpx.AsyncClient) -> None:
+        body = _ok(
+            await client.post(
+                token_url, data={"grant_type": "refresh_token", "refresh_token": chains[index]}, auth=auth
+            )
+        )
+        chains[index] = body["refresh_token"]
+
+    return step
+
+
+def sign_in(issuer: str, client_id: str, secret: str, refresh_tokens: list[str], login: str = LOGIN) -> Any:
+    """One complete sign-in in a fresh browser session: authorize -> login -> code -> token."""
+
+    async def on_gateway(client: httpx.AsyncClient, response: httpx.Response) -> httpx.Response:
+        while response.status_code in (302, 303) and response.headers["location"].startswith(("/", issuer)):
+            response = await client.get(urljoin(issuer + "/", response.headers["location"]))
+        return response
+
+    async def step(index: int, client: httpx.AsyncClient) -> None:
+        client.cookies.clear()  # a new person at the workstation: no gateway session to reuse
+        verifier, challenge = pkce_pair()
+        params = {
+            "response_type": "code", "client_id": client_id, "redirect_uri": CALLBACK,
+            "scope": "openid offline_access", "state": secrets.token_urlsafe(8),
+            "code_challenge": challenge, "code_challenge_method": "S256",
+        }  # fmt: skip
+        page = await on_gateway(client, await client.get(f"{issuer}/authorize?{urlencode(params)}"))
+        fields = form_fields(page.text)
+        action = fields.pop("__action__")
+        done = await on_gateway(
+            client,
+            await client.post(
+                urljoin(issuer + "/", action), data={**fields, "login": login, "password": PASSWORD}
+            ),
+        )
+        location = done.headers.get("location", "")
+        if done.status_code not in (302, 303) or not location.startswith(CALLBACK):
+            raise RuntimeError(f"sign-in did not come back: {done.status_code} {done.text[:300]}")
+        code = parse_qs(urlsplit(location).query)["code"][0]
+        form = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier}
+        body = _ok(
+            await client.post(
+                f"{issuer}/token", data={**form, "redirect_uri": CALLBACK}, auth=(client_id, secret)
+            )
+        )
+        refresh_tokens.append(body["refresh_token"])
+
+    return step
+
+
+WRK_SCRIPT = r"""
+-- %(kind)s grants for gateway_grants.py: POST form bodies, counts answers other than 200.
+-- Refresh: a queue of refresh tokens per thread, each answer's new token queued again. More tokens than
+-- connections: wrk asks for a new request (dropping the first) when a fresh socket is not yet writable.
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.headers["Authorization"] = "%(authorization)s"
+local kind, body, tokens_file = "%(kind)s", "%(body)s", "%(tokens)s"
+local counter = 0
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+function init(args)
+  queue, bad = {}, 0
+  if kind == "refresh" then
+    local i = 0
+    for line in io.lines(tokens_file) do
+      if i %% tonumber(args[1]) == id then table.insert(queue, line) end
+      i = i + 1
+    end
+  end
+end
+function request()
+  if kind ~= "refresh" then return wrk.format(nil, nil, nil, body) end
+  local token = table.remove(queue, 1) or "exhausted"
+  return wrk.format(nil, nil, nil, "grant_type=refresh_token&refresh_token=" .. token)
+end
+function response(status, headers, answer)
+  if status ~= 200 and bad == 0 then io.stderr:write(status .. " " .. answer .. "\n") end
+  if status ~= 200 then bad = bad + 1 end
+  if kind == "refresh" then
+    local token = answer:match('"refresh_token":"([^"]+)"')
+    if token then table.insert(queue, token) end
+  end
+end
+function done(summary, latency, requests)
+  io.write(string.format('WRK {"requests": %%d, "seconds": %%f, "non2xx": %%d, "errors": %%d, '
+    .. '"p50_ms": %%f, "p95_ms": %%f}\n',
+    summary.requests, summary.duration / 1e6, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000))
+end
+"""
+
+
+def wrk(
+    name: str,
+    url: str,
+    auth: tuple[str, str],
+    kind: str,
+    *,
+    body: str = "",
+    tokens: list[str] | None = None,
+    conc: int,
+    seconds: float,
+    threads: int,
+    directory: Path,
+) -> dict[str, float]:
+    """Drive `url` with wrk (Lua script above) and report its figures; every answer must be a 200."""
+    basic = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    tokens_file = directory / f"{name.replace(' ', '_')}.tokens"
+    tokens_file.write_text("\n".join(tokens or []) + "\n")
+    script = directory / f"{name.replace(' ', '_')}.lua"
+    script.write_text(
+        WRK_SCRIPT % {"kind": kind, "authorization": f"Basic {basic}", "body": body, "tokens": tokens_file}
+    )
+    done = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(conc), "-d", f"{seconds:g}s", "--timeout", "30s",
+         "-s", str(script), url, "--", str(threads)],
+        capture_output=True, text=True, timeout=seconds + 120,
+    )  # fmt: skip
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WRK ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {done.stdout}{done.stderr}")
+    figures = json.loads(line[4:])
+    if figures["non2xx"] or figures["errors"]:
+        raise RuntimeError(
+            f"{name}: {figures['non2xx']} answers other than 200, {figures['errors']} errors: "
+            f"{done.stderr[:500]}"
+        )
+    figures["per_second"] = figures["requests"] / figures["seconds"]
+    print(
+        f"{name:<34}{figures['per_second']:>8.0f}/s   p50 {figures['p50_ms']:7.1f} ms   "
+        f"p95 {figures['p95_ms']:7.1f} ms   ({figures['requests']} in {figures['seconds']:.1f} s, wrk)"
+    )
+    return dict(figures)
 
 
 def report(name: str, latencies: list[float], seconds: float) -> dict[str, float]:
@@ -61,10 +266,75 @@ def report(name: str, latencies: list[float], seconds: float) -> dict[str, float
         "per_second": len(ordered) / seconds,
         "p50_ms": 1000 * statistics.median(ordered),
         "p95_ms": 1000 * ordered[int(0.95 * (len(ordered) - 1))],
+        "count": len(ordered),
     }
     rate, p50, p95 = figures["per_second"], figures["p50_ms"], figures["p95_ms"]
-    print(f"{name:<20}{rate:>10.0f}/s   p50 {p50:.1f} ms   p95 {p95:.1f} ms")
+    print(
+        f"{name:<34}{rate:>8.0f}/s   p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   "
+        f"({len(ordered)} in {seconds:g} s)"
+    )
     return figures
+
+
+LDAP_SITE, LDAP_SUFFIX, LDAP_LOGIN = "ch-avignon", "dc=ch-avignon,dc=fr", "ch-avignon\\hlefevre"
+
+
+def ldap_directory(directory: Path, url: str, issuer: str) -> tuple[Path, Any]:
+    """A real slapd for one hospital, synced into the store; a ght.toml whose gateway binds to it."""
+    from directory_sync.config import load_settings
+    from directory_sync.sync import run_sync
+    from tests.hospitals import ldap_connection, person, suffix_ldif, write_site
+    from tests.hospitals import write_config as write_sites_config
+    from tests.servers.gateway import gateway_toml
+    from tests.servers.slapd import Suffix, ssha, start_slapd
+
+    dn, attributes = person(LDAP_SUFFIX, "hlefevre", "Lefèvre", "Hélène", title="Médecin")
+    entries = [(dn, {**attributes, "userPassword": ssha(PASSWORD)})]
+    ldif = suffix_ldif(directory / "site.ldif", LDAP_SUFFIX, entries)
+    server = start_slapd(directory / "slapd", [Suffix(LDAP_SUFFIX, ldif)])
+    os.environ["GHT_BENCH_LDAP_READER"] = server.reader_password  # the served gateway inherits it
+    write_site(directory, LDAP_SITE, ldap_connection(server, LDAP_SUFFIX, "GHT_BENCH_LDAP_READER"))
+    config = write_sites_config(directory, [LDAP_SITE], url)
+    kek = directory / "kek"
+    kek.write_text(secrets.token_urlsafe(32))
+    config.write_text(config.read_text() + "\n" + gateway_toml(issuer, kek, login_ip_lockout_after=100_000))
+    results = run_sync(load_settings(config), open_store(url))
+    if not all(r.ok for r in results):
+        server.stop()
+        raise RuntimeError(f"sync failed: {[r.error for r in results]}")
+    return config, server
+
+
+class OidcProvider:
+    """npm oidc-provider (tests/oidc_peers/provider.mjs) in a subprocess on a free loopback port."""
+
+    def __init__(self, client_id: str, secret: str) -> None:
+        if shutil.which("node") is None or not (PEERS / "node_modules" / "oidc-provider").exists():
+            raise SystemExit("oidc-provider is not installed: run `npm ci --prefix tests/oidc_peers`")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            ["node", str(PEERS / "provider.mjs"), str(self.port), client_id, secret],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("{"):
+            self.stop()
+            raise RuntimeError(f"oidc-provider did not start: {line!r}")
+        self.version = json.loads((PEERS / "node_modules/oidc-provider/package.json").read_text())["version"]
+
+    def refresh_tokens(self, n: int) -> list[str]:
+        response = httpx.post(f"{self.url}/bench/refresh-tokens", params={"n": n}, timeout=60)
+        response.raise_for_status()
+        return list(response.json()["refresh_tokens"])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
 
 
 def main() -> None:
@@ -73,33 +343,133 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--database-url", default=None, help="an existing, empty database instead")
+    parser.add_argument("--skip-peer", action="store_true", help="the gateway only (no oidc-provider)")
+    parser.add_argument(
+        "--load", choices=("wrk", "httpx"), default="wrk" if shutil.which("wrk") else "httpx",
+        help="load generator of the grants (sign-ins always use httpx: a multi-step browser flow)",
+    )  # fmt: skip
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument(
+        "--signin", choices=("ldap", "local"), default="ldap",
+        help="sign-ins checked by an LDAP bind to a private slapd (default) or by a local argon2id password",
+    )  # fmt: skip
     args = parser.parse_args()
+    conc, seconds = args.concurrency, args.seconds
+    results: dict[str, dict[str, float]] = {}
+
+    def grants(
+        name: str, url: str, auth: tuple[str, str], *, form: str = "", chains: list[str] | None = None
+    ) -> None:
+        if args.load == "wrk":
+            kind = "refresh" if chains is not None else "client_credentials"
+            results[name] = wrk(
+                name, url, auth, kind, body=f"grant_type=client_credentials{form}", tokens=chains, conc=conc,
+                seconds=seconds, threads=args.wrk_threads, directory=directory,
+            )  # fmt: skip
+            return
+        extra = dict(parse_qs(form.lstrip("&")).items())
+        step = (
+            refresh(url, auth, chains)
+            if chains is not None
+            else client_credentials(url, auth, {k: v[0] for k, v in extra.items()})
+        )
+        results[name] = report(name, asyncio.run(drive(conc, seconds, step)), seconds)
+
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        url = args.database_url or f"sqlite:///{directory}/ght.db"
-        seed_directory(open_store(url))
-        port = free_port()
-        config = write_config(directory, url, f"http://127.0.0.1:{port}", mappings_dir=REPO / "mappings")
-        done = ght("clients", "add", "bench", "--grant", "client_credentials", "--json", config=config)
-        client = json.loads(done.stdout)
-        gateway = GatewayProcess(config, port=port, workers=args.workers)
+        postgres = None
+        if args.database_url:
+            url = args.database_url
+        elif args.database == "postgres":
+            from tests.servers.postgres import start_postgres
+
+            postgres = start_postgres(directory / "pg")
+            url = postgres.create_database()
+        else:
+            url = f"sqlite:///{directory}/ght.db"
+        gateway = peer = slapd = None
         try:
-            auth = (client["client_id"], client["client_secret"])
-            token = f"{gateway.url}/token"
+            port = free_port()
+            if args.signin == "ldap":
+                config, slapd = ldap_directory(directory, url, f"http://127.0.0.1:{port}")
+                login = LDAP_LOGIN
+            else:
+                seed_directory(open_store(url))
+                config = write_config(
+                    directory, url, f"http://127.0.0.1:{port}", mappings_dir=REPO / "mappings",
+                    login_ip_lockout_after=100_000,  # every sign-in comes from 127.0.0.1
+                )  # fmt: skip
+                done = ght("people", "set-password", "--password-stdin", f"ch-carpentras\\{LOGIN}",
+                           config=config, stdin=PASSWORD)  # fmt: skip
+                assert done.returncode == 0, done.stderr
+                login = LOGIN
+            service = json.loads(
+                ght(
+                    "clients", "add", "bench", "--grant", "client_credentials", "--json", config=config
+                ).stdout
+            )
+            app = json.loads(
+                ght("clients", "add", "app", "--redirect-uri", CALLBACK, "--json", config=config).stdout
+            )
+            gateway = GatewayProcess(config, port=port, workers=args.workers)
             print(
                 f"gateway: {args.workers} worker(s), {url.split(':', 1)[0]}, RS256, JWT access tokens; "
-                f"load: httpx async, {args.concurrency} connections, {args.seconds:g} s per grant, loopback; "
+                f"load: {args.load} for grants, httpx async for sign-ins, {conc} connections, "
+                f"{seconds:g} s per measure, loopback; "
                 f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
             )
-            cc = asyncio.run(
-                hammer(token, [{"grant_type": "client_credentials"}], auth, args.seconds, args.concurrency)
+            cc_auth = (service["client_id"], service["client_secret"])
+            token = f"{gateway.url}/token"
+            grants("gateway client_credentials", token, cc_auth)
+            issued: list[str] = []
+            step = sign_in(gateway.url, app["client_id"], app["client_secret"], issued, login)
+            results["gateway sign-in"] = report(
+                f"gateway complete sign-in ({args.signin})",
+                asyncio.run(drive(conc, seconds, step, shared=False)),
+                seconds,
             )
-            report("client_credentials", cc, args.seconds)
-        finally:
+            while len(issued) < 2 * conc:  # spare chains: wrk drops a request it could not write at once
+                asyncio.run(once(conc, step))
+            chains = issued[: 2 * conc]
+            app_auth = (app["client_id"], app["client_secret"])
+            grants("gateway refresh", token, app_auth, chains=chains)
             gateway.stop()
+            gateway = None
+            if not args.skip_peer:
+                secret = secrets.token_urlsafe(32)
+                peer = OidcProvider("bench", secret)
+                print(f"oidc-provider {peer.version}: node {platform_node()}, one process, in-memory adapter")
+                token = f"{peer.url}/token"
+                grants("oidc-provider client_credentials", token, ("bench", secret), form="&scope=api")
+                grants(
+                    "oidc-provider refresh", token, ("bench", secret), chains=peer.refresh_tokens(2 * conc)
+                )
+                for grant in ("client_credentials", "refresh"):
+                    ours, theirs = results[f"gateway {grant}"], results[f"oidc-provider {grant}"]
+                    print(
+                        f"ratio gateway/oidc-provider, {grant}: "
+                        f"{ours['per_second'] / theirs['per_second']:.2f}"
+                    )
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            if peer is not None:
+                peer.stop()
+            if slapd is not None:
+                slapd.stop()
+            if postgres is not None:
+                postgres.stop()
+                postgres.cleanup()
+    print(json.dumps(results))
+
+
+def platform_node() -> str:
+    return subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers (finally) when killed
     main()

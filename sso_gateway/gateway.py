@@ -27,6 +27,17 @@ from .sessions import Sessions, aware, digest
 from .signin import SignIn
 
 PENDING_LIFETIME = 15 * 60  # how long a sign-in page may stay open
+#: Threads running the blocking work of requests in each served process, and as many database
+#: connections, kept open. SQLAlchemy's default pool (5 kept + 10 overflow, closed on return) against
+#: anyio's 40 threads made requests queue for a connection or open one (SQLite: with its pragmas) per
+#: request: 30% of the token endpoint's time under load (py-spy, benchmarks/README.md).
+SERVE_THREADS = 16
+
+
+def serving_store(url: str, threads: int = SERVE_THREADS) -> Store:
+    """The store for a served gateway process: a pool of `threads` connections, kept open."""
+    # The overflow is for a thread that nests a second session in a first: it never waits on the others.
+    return open_store(url, pool_size=threads, max_overflow=threads, pool_timeout=60)
 
 
 def gateway_settings(settings: Settings) -> GatewaySettings:

@@ -53,10 +53,11 @@ def _normalise_url(url: str) -> str:
 class Store:
     """The territorial directory behind one database URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, **engine_options: Any) -> None:
+        """`engine_options` go to SQLAlchemy's create_engine (a served gateway sizes its pool)."""
         self.url = _normalise_url(url)
         try:
-            self.engine = create_engine(self.url)
+            self.engine = create_engine(self.url, **engine_options)
         except (ArgumentError, ModuleNotFoundError) as exc:
             raise StoreError(f"database URL {url!r} is not usable: {exc}") from None
         if self.engine.dialect.name == "sqlite":
@@ -123,9 +124,9 @@ class Store:
         )
 
 
-def open_store(url: str, *, create: bool = True) -> Store:
+def open_store(url: str, *, create: bool = True, **engine_options: Any) -> Store:
     """The store at `url`, with its schema checked (and created if the database is empty)."""
-    store = Store(url)
+    store = Store(url, **engine_options)
     if create:
         store.ensure_schema()
     return store

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import anyio.to_thread
 from authlib.oauth2.rfc6749 import OAuth2Error
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -28,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from directory_sync.config import load_settings
 from directory_sync.store import Affiliation, Site
 
-from ..gateway import Gateway
+from ..gateway import SERVE_THREADS, Gateway, serving_store
 from ..models import BrowserSession, PendingAuthorization, SiteChoice
 from ..oauth import AuthenticatedUser, GatewayRequest, OAuthResponse
 from ..oauth.tokens import epoch
@@ -126,8 +127,8 @@ class Pages:
         )
 
 
-def create_app(gateway: Gateway) -> FastAPI:
-    """The gateway's HTTP application."""
+def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
+    """The gateway's HTTP application; `threads`: at most so many requests' blocking work at once."""
     pages = Pages(gateway)
     server = gateway.server
     secure_cookies = gateway.issuer.startswith("https://")
@@ -145,6 +146,8 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if threads is not None:  # no more than the database connections of the pool (serving_store)
+            anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         await run_in_threadpool(gateway.keys.ensure_key)
         task = asyncio.create_task(deliver_logouts())
         yield
@@ -541,4 +544,5 @@ def create_app(gateway: Gateway) -> FastAPI:
 
 def create_app_from_environment() -> FastAPI:
     """The application `ght gateway serve` runs in each worker: settings from $GHT_CONFIG and GHT_*."""
-    return create_app(Gateway(load_settings()))
+    settings = load_settings()
+    return create_app(Gateway(settings, serving_store(settings.database_url)), threads=SERVE_THREADS)
