@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from .config import CorrelationConfig, Safety, Survivorship
@@ -224,24 +224,47 @@ class _Known:
 class SitePlanner:
     """Builds a `SitePlan` from the accounts of one site, streamed in as they are read."""
 
-    def __init__(self, session: Session, site: str, context: RunContext) -> None:
+    def __init__(self, session: Session, site: str, context: RunContext, *, delta: bool = False) -> None:
+        """`delta`: the read brings only what changed, so the site's known accounts are looked up one
+        by one as they come instead of all read first (a delta costs what it changes)."""
         self.session = session
         self.context = context
+        self.site = site
         self.plan = SitePlan(site=site, complete=False)
-        self._known: dict[str, _Known] = {
-            row.anchor: _Known(row.id, row.fingerprint, row.person_id, row.state)
-            for row in session.execute(
-                select(
-                    _ACCOUNT.c.id,
-                    _ACCOUNT.c.anchor,
-                    _ACCOUNT.c.fingerprint,
-                    _ACCOUNT.c.person_id,
-                    _ACCOUNT.c.state,
-                ).where(_ACCOUNT.c.site == site)
-            )
-        }
-        self.plan.known_accounts = sum(1 for k in self._known.values() if k.state != AccountState.DELETED)
+        self._known: dict[str, _Known] = {}
+        self._looked_up: set[str] | None = None  # None: every known account is in _known
+        if delta:
+            self._looked_up = set()
+            self.plan.known_accounts = session.execute(
+                select(func.count())
+                .select_from(_ACCOUNT)
+                .where(_ACCOUNT.c.site == site, _ACCOUNT.c.state != AccountState.DELETED)
+            ).scalar_one()
+        else:
+            self.load_all()
         self._seen: set[str] = set()
+
+    def _select_known(self) -> Any:
+        return select(
+            _ACCOUNT.c.id, _ACCOUNT.c.anchor, _ACCOUNT.c.fingerprint, _ACCOUNT.c.person_id, _ACCOUNT.c.state
+        ).where(_ACCOUNT.c.site == self.site)
+
+    def load_all(self) -> None:
+        """Read every known account of the site (a full read needs them all, to see who is gone)."""
+        self._known = {
+            row.anchor: _Known(row.id, row.fingerprint, row.person_id, row.state)
+            for row in self.session.execute(self._select_known())
+        }
+        self._looked_up = None
+        self.plan.known_accounts = sum(1 for k in self._known.values() if k.state != AccountState.DELETED)
+
+    def _lookup(self, anchor: str) -> _Known | None:
+        if self._looked_up is not None and anchor not in self._looked_up:
+            self._looked_up.add(anchor)
+            row = self.session.execute(self._select_known().where(_ACCOUNT.c.anchor == anchor)).first()
+            if row is not None:
+                self._known[anchor] = _Known(row.id, row.fingerprint, row.person_id, row.state)
+        return self._known.get(anchor)
 
     def add(self, account: MappedAccount) -> None:
         plan = self.plan
@@ -266,7 +289,7 @@ class SitePlanner:
                 )
             )
             return
-        known = self._known.get(account.anchor)
+        known = self._lookup(account.anchor)
         if known is not None:
             if known.fingerprint == account.fingerprint and known.state != AccountState.DELETED:
                 plan.unchanged += 1
@@ -350,7 +373,7 @@ class SitePlanner:
     def _deleted(self, account: MappedAccount) -> None:
         """A deletion reported by the source itself (AD tombstone, syncrepl delete notice)."""
         self._seen.add(account.anchor)
-        known = self._known.get(account.anchor)
+        known = self._lookup(account.anchor)
         if known is None or known.state == AccountState.DELETED:
             self.plan.unchanged += 1
             return
@@ -368,6 +391,8 @@ class SitePlanner:
         plan = self.plan
         plan.complete = complete
         if complete:
+            if self._looked_up is not None:
+                self.load_all()
             for anchor, known in self._known.items():
                 if anchor not in self._seen and known.state != AccountState.DELETED:
                     plan.actions.append(

@@ -213,7 +213,8 @@ def _sync_site(
             kind=site.connection.kind,
         )
         result.mode, result.mode_reason = choice.mode, choice.reason
-        planner = SitePlanner(session, site.code, context)
+        delta = choice.since is not None and reader.supports_delta
+        planner = SitePlanner(session, site.code, context, delta=delta)
 
         def feed(accounts: Iterable[MappedAccount]) -> None:
             for account in accounts:
@@ -222,11 +223,12 @@ def _sync_site(
                     progress(site.code, planner.plan.read)
 
         try:
-            if choice.since is not None and reader.supports_delta:
+            if delta and choice.since is not None:
                 try:
                     feed(reader.read_changes(choice.since))
                 except WatermarkRejected as rejected:  # raised before the first record: nothing planned
                     result.mode, result.mode_reason = SyncMode.FULL, rejected.problem
+                    planner.load_all()
                     feed(reader.read_all())
             else:
                 feed(reader.read_all())
