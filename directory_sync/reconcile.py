@@ -672,10 +672,7 @@ def apply_plan(
                 )
             )
         session.execute(insert(_PERSON), people)
-        session.execute(
-            insert(_ACCOUNT),
-            [_account_row(a, plan.site, now) | {"first_seen_at": now, "linked_by": "created"} for a in chunk],
-        )
+        session.execute(insert(_ACCOUNT), [_new_account_row(a, plan.site, now, "created") for a in chunk])
         session.execute(insert(_AFFILIATION), affiliations)
 
     disputed = [a for a in creates if a.review is not None]
@@ -718,11 +715,7 @@ def apply_plan(
     links = list(plan.of(ActionKind.LINK))
     for chunk in _chunks(links, _CHUNK):
         session.execute(
-            insert(_ACCOUNT),
-            [
-                _account_row(a, plan.site, now) | {"first_seen_at": now, "linked_by": a.rule or "link"}
-                for a in chunk
-            ],
+            insert(_ACCOUNT), [_new_account_row(a, plan.site, now, a.rule or "link") for a in chunk]
         )
     audit.extend(
         actor.event(
@@ -797,6 +790,11 @@ def _account_ids(session: Session, site: str, anchors: list[str]) -> dict[str, i
         )
         ids.update((anchor, account_id) for anchor, account_id in rows)
     return ids
+
+
+def _new_account_row(action: AccountAction, site: str, now: datetime, linked_by: str) -> dict[str, Any]:
+    """The row of an account seen for the first time: why it belongs to its person, and since when."""
+    return _account_row(action, site, now) | {"first_seen_at": now, "linked_by": linked_by}
 
 
 def _account_row(action: AccountAction, site: str, now: datetime) -> dict[str, Any]:

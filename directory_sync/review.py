@@ -22,7 +22,7 @@ from sqlmodel import col
 
 from .config import CorrelationConfig
 from .errors import GhtError, NotFound
-from .reconcile import Actor, LoginAllocator, refresh_people, sa_table, write_audit
+from .reconcile import Actor, LoginAllocator, refresh_people, write_audit
 from .store import (
     Account,
     AccountState,
@@ -33,6 +33,7 @@ from .store import (
     ReviewCase,
     ReviewStatus,
     new_person_id,
+    sa_table,
     utcnow,
 )
 
