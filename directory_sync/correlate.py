@@ -22,9 +22,11 @@ candidates, their scores and the evidence; below, a new person is created.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from rapidfuzz.distance import JaroWinkler
 
@@ -161,54 +163,144 @@ class Probe:
         for family in self.families:
             yield f"f:{family}"
 
+    def _id_keys(self) -> Iterator[str]:
+        if self.rpps:
+            yield f"r:{self.rpps}"
+        if self.adeli:
+            yield f"a:{self.adeli}"
+        if self.email:
+            yield f"e:{self.email}"
+
+    def index_keys(self) -> set[str]:
+        """Every key the account is filed under."""
+        return {*self._id_keys(), *self.name_keys(), *self.family_keys()}
+
+    def lookup_keys(self) -> set[str]:
+        """The keys that find the account's candidates: its ids, and its names (the family name alone
+        only when the account has no given name: a shared family name is not a lead)."""
+        return {*self._id_keys(), *(self.family_keys() if not self.given else self.name_keys())}
+
+
+def key_hash(key: str) -> int:
+    """A correlation key as a signed 64-bit integer, as the directory stores it (`correlation_key`).
+    A collision only adds a candidate, which the rules then score on its real values."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+class StoredPeople(Protocol):
+    """Where a `PersonIndex` finds the people it has not met yet (the directory, see `reconcile`)."""
+
+    def size(self) -> int:
+        """How many accounts there are in all (to choose between looking up and reading everything)."""
+        ...
+
+    def people_with(self, keys: Collection[str]) -> set[str]:
+        """The people who have an account filed under one of `keys` (a superset is fine)."""
+        ...
+
+    def accounts_of(self, person_ids: Collection[str] | None) -> Iterable[tuple[str, str, Mapping[str, str]]]:
+        """(person id, site, values) of every account of these people (None: of everyone)."""
+        ...
+
 
 class PersonIndex:
-    """Every person's identifying values, indexed for the correlation rules. Built once per run and
-    kept up to date as accounts are linked, so later sites see the people earlier sites created."""
+    """Every person's identifying values, indexed for the correlation rules, and kept up to date as
+    accounts are linked, so that later sites see the people earlier sites created.
 
-    def __init__(self) -> None:
+    With `stored`, people are read from the directory as they are needed: the people filed under an
+    account's lookup keys, and all of a person's accounts before that person is scored (a profile is
+    never partial). A run that correlates many accounts (a first run, a large arrival) reads everyone at
+    once instead, when that is cheaper than looking them up one by one.
+    """
+
+    #: Reading everyone costs about as much as looking up this fraction of the directory's accounts.
+    BULK_FRACTION = 0.05
+
+    def __init__(self, stored: StoredPeople | None = None) -> None:
         self.profiles: dict[str, _Profile] = defaultdict(_Profile)
-        self._by_rpps: dict[str, set[str]] = defaultdict(set)
-        self._by_adeli: dict[str, set[str]] = defaultdict(set)
-        self._by_email: dict[str, set[str]] = defaultdict(set)
-        self._by_name: dict[str, set[str]] = defaultdict(set)
+        self._by_key: dict[str, set[str]] = defaultdict(set)
+        self._stored = stored
+        self._complete = stored is None  # every stored person is in the index
+        self._loaded: set[str] = set()  # people whose stored accounts are all in the index
+        self._fetched: set[str] = set()  # keys already looked up in the directory
+        self._lookups = 0
+        self._bulk_after: int | None = None
+        self.people_read = 0  # for the run's report: how many people were read from the directory
 
-    def add(self, person_id: str, values: Mapping[str, str], site: str, probe: Probe | None = None) -> None:
-        """Index one account's values under its person (`probe`: the same values, already normalised)."""
+    def add(
+        self,
+        person_id: str,
+        values: Mapping[str, str],
+        site: str,
+        probe: Probe | None = None,
+        *,
+        new: bool = False,
+    ) -> None:
+        """Index one account's values under its person (`probe`: the same values, already normalised;
+        `new`: a person created in this run, of whom the directory knows nothing yet)."""
         probe = probe or Probe.of(values, site)
         profile = self.profiles[person_id]
         profile.sites.add(site)
         if probe.rpps:
             profile.rpps.add(probe.rpps)
-            self._by_rpps[probe.rpps].add(person_id)
         if probe.adeli:
             profile.adeli.add(probe.adeli)
-            self._by_adeli[probe.adeli].add(person_id)
         if probe.email:
             profile.emails.add(probe.email)
-            self._by_email[probe.email].add(person_id)
         profile.families |= probe.families
         if probe.given:
             profile.givens.add(probe.given)
-        for key in (*probe.name_keys(), *probe.family_keys()):
-            self._by_name[key].add(person_id)
         if probe.birth_date:
             profile.birth_dates.add(probe.birth_date)
         if probe.profession:
             profile.professions.add(probe.profession)
+        for key in probe.index_keys():
+            self._by_key[key].add(person_id)
+        if new:
+            self._loaded.add(person_id)
 
     def candidates(self, probe: Probe) -> set[str]:
         """People who could be this account's person: sharing an id, an email, or a name key."""
+        keys = probe.lookup_keys()
+        if not self._complete:
+            self._fetch(keys)
         found: set[str] = set()
-        if probe.rpps:
-            found |= self._by_rpps.get(probe.rpps, set())
-        if probe.adeli:
-            found |= self._by_adeli.get(probe.adeli, set())
-        if probe.email:
-            found |= self._by_email.get(probe.email, set())
-        for key in probe.family_keys() if not probe.given else probe.name_keys():
-            found |= self._by_name.get(key, set())
+        for key in keys:
+            found |= self._by_key.get(key, set())
+        if not self._complete:
+            self._read(found - self._loaded)
         return found
+
+    def load_everything(self) -> None:
+        """Read every stored person (values already indexed stay: the index holds sets)."""
+        if self._complete or self._stored is None:
+            return
+        for person_id, site, values in self._stored.accounts_of(None):
+            self.add(person_id, values, site)
+        self._complete = True
+
+    def _fetch(self, keys: set[str]) -> None:
+        assert self._stored is not None
+        wanted = keys - self._fetched
+        if not wanted:
+            return
+        if self._bulk_after is None:
+            self._bulk_after = int(self._stored.size() * self.BULK_FRACTION)
+        self._lookups += 1
+        if self._lookups > self._bulk_after:
+            self.load_everything()
+            return
+        self._read(self._stored.people_with(wanted) - self._loaded)
+        self._fetched |= wanted
+
+    def _read(self, person_ids: set[str]) -> None:
+        if not person_ids:
+            return
+        assert self._stored is not None
+        for person_id, site, values in self._stored.accounts_of(person_ids):
+            self.add(person_id, values, site)
+        self._loaded |= person_ids
+        self.people_read += len(person_ids)
 
 
 class Correlator:

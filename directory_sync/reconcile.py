@@ -23,22 +23,25 @@ from __future__ import annotations
 import enum
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from .config import CorrelationConfig, Safety, Survivorship
-from .correlate import Candidate, Correlator, PersonIndex, Probe, Verdict
+from .correlate import Candidate, Correlator, PersonIndex, Probe, Verdict, key_hash
 from .mapping import MappedAccount, to_ascii
 from .store import (
     Account,
     AccountState,
     Affiliation,
     AuditEvent,
+    CorrelationKey,
     LinkDecision,
     Person,
     PersonStatus,
@@ -59,6 +62,7 @@ _ACCOUNT = sa_table(Account)
 _AFFILIATION = sa_table(Affiliation)
 _AUDIT = sa_table(AuditEvent)
 _REVIEW = sa_table(ReviewCase)
+_KEY = sa_table(CorrelationKey)
 
 
 class ActionKind(enum.StrEnum):
@@ -83,6 +87,7 @@ class AccountAction:
     score: float = 0.0
     territorial_login: str | None = None  # for a new person
     review: list[Candidate] | None = None  # a disputed account: the candidates a human will choose from
+    probe: Probe | None = None  # its values normalised for correlation (created, linked, updated)
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -140,14 +145,26 @@ def _login_base(given: str | None, family: str) -> str:
 
 class LoginAllocator:
     """Territorial logins: `prenom.nom`, ASCII; collisions get 2, 3...; a login is never reused, because
-    people are never deleted and every login ever given stays taken."""
+    people are never deleted and every login ever given stays taken.
 
-    def __init__(self, taken: Iterable[str], max_length: int = 64) -> None:
+    With `engine`, the taken logins are read from the directory as needed: those that start with the
+    login about to be given (one indexed range read), until reading them all is cheaper.
+    """
+
+    #: After this many lookups, every taken login is read at once.
+    BULK_AFTER = 200
+
+    def __init__(self, taken: Iterable[str] = (), max_length: int = 64, engine: Any = None) -> None:
         self.taken = set(taken)
         self.max_length = max_length
+        self._engine = engine
+        self._read: set[str] = set()  # bases whose taken logins have been read
+        self._complete = engine is None
+        self._lookups = 0
 
     def allocate(self, given: str | None, family: str) -> str:
         base = _login_base(given, family)[: self.max_length - 3].rstrip(".-")
+        self._read_taken(base)
         login, n = base, 1
         while login in self.taken:
             n += 1
@@ -155,12 +172,83 @@ class LoginAllocator:
         self.taken.add(login)
         return login
 
+    def _read_taken(self, base: str) -> None:
+        if self._complete or base in self._read:
+            return
+        self._lookups += 1
+        with Session(self._engine) as session:
+            if self._lookups > self.BULK_AFTER:  # a large arrival: read every login once
+                query = select(_PERSON.c.login).where(_PERSON.c.login.is_not(None))
+                self._complete = True
+            else:  # logins starting with `base` (base2, base3...; others too, harmlessly)
+                query = select(_PERSON.c.login).where(
+                    _PERSON.c.login >= base, _PERSON.c.login < base + "\x7f"
+                )
+                self._read.add(base)
+            self.taken.update(session.execute(query).scalars())
+
+
+class _StoredPeople:
+    """The directory, as a `correlate.StoredPeople`: candidates by key (`correlation_key`), accounts by
+    person. Closed accounts too: a person who left a site and joins another must be found again."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def size(self) -> int:
+        with Session(self._engine) as session:
+            return int(session.execute(select(func.count()).select_from(_ACCOUNT)).scalar_one())
+
+    def people_with(self, keys: Collection[str]) -> set[str]:
+        hashes = sorted({key_hash(k) for k in keys})
+        with Session(self._engine) as session:
+            return set(
+                session.execute(
+                    select(_ACCOUNT.c.person_id)
+                    .join(_KEY, _KEY.c.account_id == _ACCOUNT.c.id)
+                    .where(_KEY.c.key_hash.in_(hashes))
+                ).scalars()
+            )
+
+    def accounts_of(self, person_ids: Collection[str] | None) -> Iterator[tuple[str, str, Mapping[str, str]]]:
+        query = select(_ACCOUNT.c.person_id, _ACCOUNT.c.site, _ACCOUNT.c.attributes)
+        with Session(self._engine) as session:
+            if person_ids is None:
+                for person_id, site, attributes in session.execute(query):
+                    yield person_id, site, attributes or {}
+                return
+            for chunk in _chunks(sorted(person_ids), _CHUNK):
+                for person_id, site, attributes in session.execute(
+                    query.where(_ACCOUNT.c.person_id.in_(chunk))
+                ):
+                    yield person_id, site, attributes or {}
+
+
+def file_correlation_keys(connection: Any, accounts: Iterable[tuple[int, str, Mapping[str, str]]]) -> None:
+    """File accounts (id, site, values) under their correlation keys; keys already filed are kept."""
+    rows = [
+        {"key_hash": h, "account_id": account_id}
+        for account_id, site, values in accounts
+        for h in {key_hash(k) for k in Probe.of(values, site).index_keys()}
+    ]
+    _file_keys(connection, rows)
+
+
+def _file_keys(connection: Any, rows: list[dict[str, int]]) -> None:
+    statement: Any
+    if connection.dialect.name == "postgresql":
+        statement = postgresql_insert(_KEY).on_conflict_do_nothing()
+    else:
+        statement = sqlite_insert(_KEY).on_conflict_do_nothing()
+    for chunk in _chunks(rows, 5 * _CHUNK):
+        connection.execute(statement, list(chunk))
+
 
 class RunContext:
     """Loaded once per run and kept in step as sites are planned and applied.
 
-    The person index and the taken logins are loaded on first use: a run that meets no new account
-    (a delta of modifications, a run with no change) never pays for reading every person.
+    People and taken logins are read from the directory as the run needs them (see `PersonIndex` and
+    `LoginAllocator`): a delta that brings a few new accounts reads their candidates, not everyone.
     """
 
     def __init__(
@@ -169,41 +257,9 @@ class RunContext:
         self.config = config
         self.decisions = decisions
         self.closures = 0  # accounts closed so far in this run (for the run-wide threshold)
-        self._engine = engine
-        self._index: PersonIndex | None = None
-        self._logins: LoginAllocator | None = None
-        self._correlator: Correlator | None = None
-
-    @property
-    def index_loaded(self) -> bool:
-        return self._index is not None
-
-    @property
-    def index(self) -> PersonIndex:
-        if self._index is None:
-            index = PersonIndex()
-            with Session(self._engine) as session:
-                # Closed accounts too: a person who left a site and joins another must be found again.
-                for person_id, site, attributes in session.execute(
-                    select(_ACCOUNT.c.person_id, _ACCOUNT.c.site, _ACCOUNT.c.attributes)
-                ):
-                    index.add(person_id, attributes or {}, site)
-            self._index = index
-        return self._index
-
-    @property
-    def logins(self) -> LoginAllocator:
-        if self._logins is None:
-            with Session(self._engine) as session:
-                taken = session.execute(select(_PERSON.c.login).where(_PERSON.c.login.is_not(None))).scalars()
-                self._logins = LoginAllocator(list(taken), self.config.territorial_login.max_length)
-        return self._logins
-
-    @property
-    def correlator(self) -> Correlator:
-        if self._correlator is None:
-            self._correlator = Correlator(self.config, self.index)
-        return self._correlator
+        self.index = PersonIndex(_StoredPeople(engine))
+        self.logins = LoginAllocator((), config.territorial_login.max_length, engine)
+        self.correlator = Correlator(config, self.index)
 
     @classmethod
     def load(cls, session: Session, config: CorrelationConfig) -> RunContext:
@@ -297,6 +353,7 @@ class SitePlanner:
             reason = (
                 "reappeared in the source" if known.state == AccountState.DELETED else "changed in the source"
             )
+            probe = Probe.of(account.values, self.plan.site)
             plan.actions.append(
                 AccountAction(
                     ActionKind.UPDATE,
@@ -306,10 +363,10 @@ class SitePlanner:
                     known.person_id,
                     account,
                     known.id,
+                    probe=probe,
                 )
             )
-            if self.context.index_loaded:  # else it is read from the directory when first needed
-                self.context.index.add(known.person_id, account.values, self.plan.site)
+            self.context.index.add(known.person_id, account.values, self.plan.site, probe)
             return
         plan.actions.append(self._correlate(account))
 
@@ -348,16 +405,26 @@ class SitePlanner:
         reason: str,
         probe: Probe | None = None,
     ) -> AccountAction:
+        probe = probe or Probe.of(account.values, self.plan.site)
         self.context.index.add(person_id, account.values, self.plan.site, probe)
         return AccountAction(
-            ActionKind.LINK, account.anchor, account.login, reason, person_id, account, rule=rule, score=score
+            ActionKind.LINK,
+            account.anchor,
+            account.login,
+            reason,
+            person_id,
+            account,
+            rule=rule,
+            score=score,
+            probe=probe,
         )
 
     def _create(
         self, account: MappedAccount, reason: str, review: list[Candidate] | None, probe: Probe | None = None
     ) -> AccountAction:
         person_id = new_person_id()
-        self.context.index.add(person_id, account.values, self.plan.site, probe)
+        probe = probe or Probe.of(account.values, self.plan.site)
+        self.context.index.add(person_id, account.values, self.plan.site, probe, new=True)
         login = self.context.logins.allocate(account.get("given_name"), account.values["family_name"])
         return AccountAction(
             ActionKind.CREATE,
@@ -368,6 +435,7 @@ class SitePlanner:
             account,
             territorial_login=login,
             review=review,
+            probe=probe,
         )
 
     def _deleted(self, account: MappedAccount) -> None:
@@ -766,6 +834,7 @@ def apply_plan(
         )
         for a in closes
     )
+    _file_action_keys(session, plan.site, creates + links, updates)
     touched = {a.person_id for a in links + updates + closes if a.person_id}
     refreshed = refresh_people(session, touched, now, context.config, actor)
     result.suspended, result.reactivated = refreshed.suspended, refreshed.reactivated
@@ -773,6 +842,21 @@ def apply_plan(
     write_audit(session, audit)
     context.closures += len(closes)
     return result
+
+
+def _file_action_keys(
+    session: Session, site: str, new: list[AccountAction], updated: list[AccountAction]
+) -> None:
+    """File new and changed accounts under their correlation keys (a changed account keeps its old
+    keys too: they can only add candidates)."""
+    ids = _account_ids(session, site, [a.anchor for a in new]) if new else {}
+    rows: list[dict[str, int]] = []
+    for action in new + updated:
+        account_id = action.account_id if action.account_id is not None else ids[action.anchor]
+        probe = action.probe
+        assert probe is not None
+        rows.extend({"key_hash": key_hash(k), "account_id": account_id} for k in probe.index_keys())
+    _file_keys(session.connection(), rows)
 
 
 def write_audit(session: Session, events: list[dict[str, Any]]) -> None:

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import select
+from alembic import command
+from sqlalchemy import inspect, select, text
 
 from directory_sync.config import load_settings
-from directory_sync.correlate import normalise_family, normalise_given
+from directory_sync.correlate import PersonIndex, normalise_family, normalise_given
 from directory_sync.reconcile import LoginAllocator
 from directory_sync.store import Account, AuditEvent, Person, ReviewCase, Store, open_store
+from directory_sync.store.database import _alembic_config
 from directory_sync.sync import run_sync
 from tests.hospitals import rpps
 from tests.servers.slapd import ldif_entry
@@ -38,8 +40,11 @@ JOBS = {"infirmière": "60", "infirmier": "60", "médecin": "10", "secrétaire":
 class Ght:
     """A GHT of LDIF exports that tests edit between runs."""
 
-    def __init__(self, root: Path, database_url: str, sites: list[str]) -> None:
+    def __init__(
+        self, root: Path, database_url: str, sites: list[str], *, site_by_site: bool = False
+    ) -> None:
         self.root, self.sites = root, sites
+        self.site_by_site = site_by_site  # each site in a run of its own: earlier sites come from the store
         self.entries: dict[str, dict[str, dict[str, Any]]] = {site: {} for site in sites}
         (root / "mappings").mkdir(parents=True, exist_ok=True)
         for site in sites:
@@ -74,7 +79,10 @@ class Ght:
                 ldif_entry(f"uid={uid},ou=people,dc={site},dc=fr", attrs) for uid, attrs in entries.items()
             )
             (self.root / f"{site}.ldif").write_text(text, encoding="utf-8")
-        return run_sync(load_settings(self.root / "ght.toml"), self.store, **options)
+        settings = load_settings(self.root / "ght.toml")
+        if self.site_by_site and not options.get("dry_run"):
+            return [r for site in self.sites for r in run_sync(settings, self.store, sites=[site], **options)]
+        return run_sync(settings, self.store, **options)
 
     def person_of(self, site: str, uid: str) -> Person:
         with self.store.session() as session:
@@ -90,9 +98,15 @@ class Ght:
             return list(session.execute(select(ReviewCase)).scalars())
 
 
-@pytest.fixture
-def ght(tmp_path: Path) -> Ght:
-    return Ght(tmp_path, f"sqlite:///{tmp_path}/ght.db", ["ch-a", "ch-b", "ch-c"])
+@pytest.fixture(params=["look-up", "read-all"])
+def ght(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ght:
+    """Each case twice: the directory read whole when a run first needs it (as a first run does), and
+    each site synced in a run of its own that looks its candidates and taken logins up by key in the
+    directory (as a delta does): the decisions must not differ."""
+    look_up = request.param == "look-up"
+    monkeypatch.setattr(PersonIndex, "BULK_FRACTION", 1e9 if look_up else 0.0)
+    monkeypatch.setattr(LoginAllocator, "BULK_AFTER", 10**9 if look_up else 0)
+    return Ght(tmp_path, f"sqlite:///{tmp_path}/ght.db", ["ch-a", "ch-b", "ch-c"], site_by_site=look_up)
 
 
 def test_name_normalisation() -> None:
@@ -324,3 +338,27 @@ def test_after_the_grace_period_a_suspended_person_is_deprovisioned_and_can_be_r
         ]
     assert (restored.person.status, restored.person.deprovisioned_at) == ("active", None)  # account reopened
     assert actions.index("person.deprovisioned") < actions.index("person.restored")
+
+
+def test_upgrading_a_directory_files_its_accounts_under_their_correlation_keys(ght: Ght) -> None:
+    """A directory from before the correlation keys gets them on `ght db upgrade`: the same keys a
+    sync files, so the first run after the upgrade finds its candidates by key."""
+    ght.put("ch-a", "mdupont", "Dupont", "Marie", rpps=rpps(1), mail="m.dupont@ch-a.fr")
+    ght.put("ch-b", "jmartin", "Martin", "Jean", birthDate="1980-02-03")
+    ght.sync()
+
+    def keys() -> list[tuple[int, int]]:
+        with ght.store.engine.connect() as conn:
+            rows = conn.execute(text("SELECT key_hash, account_id FROM correlation_key"))
+            return sorted((h, a) for h, a in rows)
+
+    filed = keys()
+    assert len(filed) >= 2 * 4  # ids, email and names of each account
+    command.downgrade(_alembic_config(ght.store.engine), "0008_correlation_keys-1")
+    with ght.store.engine.connect() as conn:
+        assert "correlation_key" not in inspect(conn).get_table_names()
+    ght.store.upgrade()
+    assert keys() == filed
+    ght.put("ch-c", "mdupont2", "DUPONT", "Marie", rpps=rpps(1))
+    ght.sync()
+    assert ght.person_of("ch-c", "mdupont2").id == ght.person_of("ch-a", "mdupont").id

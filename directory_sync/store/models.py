@@ -11,7 +11,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Table, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Table,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -40,6 +51,9 @@ class PersonStatus(enum.StrEnum):
     SUSPENDED = "suspended"  # no active affiliation left; kept, not deleted
     DEPROVISIONED = "deprovisioned"  # suspended for longer than the grace period
     MERGED = "merged"  # a reviewer linked its accounts to another person (see merged_into)
+    #: Not of the group: a professional admitted by the gateway from Pro Sante Connect (`admit_external`),
+    #: with no account and no affiliation; syncs never touch them (sso_gateway/upstream.py).
+    EXTERNAL = "external"
 
 
 class AccountState(enum.StrEnum):
@@ -280,6 +294,21 @@ class ReviewCase(SQLModel, table=True):
     decided_at: datetime | None = _when()
     decided_by: str | None = None
     decision_note: str | None = None
+
+
+class CorrelationKey(SQLModel, table=True):
+    """The correlation keys each account is filed under (`directory_sync.correlate.Probe.index_keys`:
+    RPPS, ADELI, email, normalised names), hashed to 64 bits. A run looks a new account's candidates up
+    here instead of reading every person; keys are only ever added (a stale or colliding key adds a
+    candidate that the rules then score on its real values, never a match)."""
+
+    __tablename__ = "correlation_key"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    key_hash: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    account_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("account.id"), primary_key=True, autoincrement=False)
+    )
 
 
 class LinkDecision(SQLModel, table=True):
