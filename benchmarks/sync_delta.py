@@ -81,6 +81,37 @@ def ght_sync(config: Path, database: Path, *options: str) -> tuple[dict[str, Any
     return json.loads(done.stdout), seconds
 
 
+_IN_PROCESS = """
+import json, sys, time
+from pathlib import Path
+from directory_sync.config import load_settings
+from directory_sync.store import open_store
+from directory_sync.sync import run_sync
+started = time.perf_counter()
+settings = load_settings(Path(sys.argv[1]))
+results = run_sync(settings, open_store(settings.database_url), full=sys.argv[2] == "full")
+seconds = time.perf_counter() - started
+assert all(r.ok for r in results), [r.error for r in results]
+print(json.dumps({"seconds": seconds, "modes": sorted({r.mode for r in results})}))
+"""
+
+
+def sync_in_process(config: Path, database: Path, mode: str) -> tuple[float, list[str]]:
+    """One run as a scheduler (`ght sync run --every`) makes it: the code already imported, the clock
+    around reading the configuration, opening the store and the run itself."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IN_PROCESS, str(config), mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "GHT_DATABASE_URL": f"sqlite:///{database}"},
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"run_sync ({mode}) failed: {done.stderr[-2000:]}")
+    figures = json.loads(done.stdout)
+    return figures["seconds"], figures["modes"]
+
+
 def summary(result: dict[str, Any], seconds: float) -> dict[str, Any]:
     sites = result["sites"]
     assert all(s["status"] == "succeeded" for s in sites), [s["error"] for s in sites]
@@ -130,9 +161,14 @@ def _fields(row: SiteWatermark) -> dict[str, Any]:
 def compare(config: Path, work: Path, changed: int) -> dict[str, Any]:
     """Copy the directory; synchronise the changes by delta on one, by full on the other; compare."""
     reads = source_reads(config, work)
-    shutil.copy(work / "bench.db", work / "full.db")
+    for copy in ("full.db", "delta-in-process.db", "full-in-process.db"):
+        for suffix in ("", "-wal", "-shm"):
+            if (work / f"bench.db{suffix}").exists():
+                shutil.copy(work / f"bench.db{suffix}", work / f"{copy}{suffix}")
     delta, delta_seconds = ght_sync(config, work / "bench.db")
     full, full_seconds = ght_sync(config, work / "full.db", "--full")
+    scheduled_delta, delta_modes = sync_in_process(config, work / "delta-in-process.db", "delta")
+    scheduled_full, full_modes = sync_in_process(config, work / "full-in-process.db", "full")
     problems = differences(
         directory_snapshot(open_store(f"sqlite:///{work}/bench.db")),
         directory_snapshot(open_store(f"sqlite:///{work}/full.db")),
@@ -147,6 +183,13 @@ def compare(config: Path, work: Path, changed: int) -> dict[str, Any]:
         "delta_cost_share_of_full_in_sync": round(
             delta_summary["seconds_in_sync"] / full_summary["seconds_in_sync"], 3
         ),
+        "as_a_scheduler_runs_it": {
+            "delta_seconds": round(scheduled_delta, 3),
+            "delta_modes": delta_modes,
+            "full_seconds": round(scheduled_full, 2),
+            "full_modes": full_modes,
+            "delta_share_of_full": round(scheduled_delta / scheduled_full, 3),
+        },
         "directories_identical": not problems,
         "differences": problems[:5],
     }
@@ -395,7 +438,7 @@ def main() -> None:
         "load_average_1min": round(os.getloadavg()[0], 2),
         "changes": f"{args.changed:.0%} of accounts: {MODIFIED:.0%} modified, {ADDED:.0%} added, "
         f"{1 - MODIFIED - ADDED:.0%} deleted",
-        "target": "delta_cost_share_of_full <= 0.05",
+        "target": "delta cost <= 0.05 of the full run's (as a process, and as a scheduler runs it)",
     }
     print(yaml.safe_dump(report, sort_keys=False, allow_unicode=True))
 

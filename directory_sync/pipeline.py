@@ -5,7 +5,9 @@ and reconciling (correlation, survivorship, SQL). Python runs one of them at a t
 two cores the worker reads and maps while the parent plans and applies: a run takes about as long as
 the slower half, not the sum. The worker only reads; everything it found reaches the parent in
 batches of mapped accounts, then its connector's watermark (or the error it met, re-raised here with
-the same type, site and URL). Where processes cannot be forked, the same code runs inline.
+the same type, site and URL). A delta read (what changed since the watermark: little, as a rule) runs
+inline, where starting a worker would cost more than it saves; so does every read where processes
+cannot be forked.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class MappedReader:
         return self._read(since)
 
     def _read(self, since: Watermark | None) -> Iterator[MappedAccount]:
-        if "fork" not in multiprocessing.get_all_start_methods():
+        if since is not None or "fork" not in multiprocessing.get_all_start_methods():
             yield from self._inline(since)
             return
         context = multiprocessing.get_context("fork")

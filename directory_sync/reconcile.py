@@ -314,6 +314,16 @@ class SitePlanner:
         self._looked_up = None
         self.plan.known_accounts = sum(1 for k in self._known.values() if k.state != AccountState.DELETED)
 
+    def look_up(self, anchors: Iterable[str]) -> None:
+        """Read the known accounts among `anchors` in one query (a delta; a full read has them all)."""
+        if self._looked_up is None:
+            return
+        wanted = sorted(set(anchors) - self._looked_up)
+        for chunk in _chunks(wanted, _CHUNK):
+            for row in self.session.execute(self._select_known().where(_ACCOUNT.c.anchor.in_(chunk))):
+                self._known[row.anchor] = _Known(row.id, row.fingerprint, row.person_id, row.state)
+        self._looked_up.update(wanted)
+
     def _lookup(self, anchor: str) -> _Known | None:
         if self._looked_up is not None and anchor not in self._looked_up:
             self._looked_up.add(anchor)

@@ -13,6 +13,7 @@ of the same site, from this host or another, is skipped.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -217,9 +218,12 @@ def _sync_site(
         planner = SitePlanner(session, site.code, context, delta=delta)
 
         def feed(accounts: Iterable[MappedAccount]) -> None:
-            for account in accounts:
-                planner.add(account)
-                if progress is not None and planner.plan.read % 500 == 0:
+            stream = iter(accounts)
+            while batch := list(itertools.islice(stream, 500)):
+                planner.look_up(a.anchor for a in batch)  # a delta's known accounts: one query per batch
+                for account in batch:
+                    planner.add(account)
+                if progress is not None:
                     progress(site.code, planner.plan.read)
 
         try:
