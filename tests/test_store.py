@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, text
 
 from directory_sync.errors import StoreError
 from directory_sync.store import Store, open_store
+from directory_sync.store.database import SCHEMA_HEAD
 
 
 def test_an_empty_database_gets_the_current_schema(database_url: str) -> None:
@@ -16,6 +17,10 @@ def test_an_empty_database_gets_the_current_schema(database_url: str) -> None:
     assert store.current_revision() == store.head_revision()
     before, after = store.upgrade()  # safe to run twice
     assert before == after == store.head_revision()
+
+
+def test_the_schema_head_the_code_knows_is_the_migrations_head(database_url: str) -> None:
+    assert open_store(database_url).head_revision() == SCHEMA_HEAD
 
 
 def test_an_outdated_schema_must_be_upgraded_on_purpose(database_url: str) -> None:
