@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 APT_PACKAGES := slapd ldap-utils postgresql chromium nginx
 # ...and Samba Active Directory domain controllers (tests/servers/samba.py; they need root).
 APT_PACKAGES += samba-ad-dc samba samba-ad-provision samba-dsdb-modules samba-vfs-modules winbind ldb-tools smbclient
+# ...and promtool (in Debian's prometheus package) to check the alerting rules and the metrics served.
+APT_PACKAGES += prometheus
 
 .PHONY: demo test lint system-packages node-packages benchmark
 

@@ -26,6 +26,8 @@ from directory_sync.audit import event_dict, query_events
 from directory_sync.config import Settings, load_settings
 from directory_sync.connectors import open_connector
 from directory_sync.errors import GhtError, SyncError
+from directory_sync.logs import choose_format
+from directory_sync.logs import configure as configure_logging
 from directory_sync.people import get_person, restore_person, search_people
 from directory_sync.reconcile import RunContext
 from directory_sync.schedule import parse_interval, run_every
@@ -74,9 +76,23 @@ AdminOption = Annotated[
 NoteOption = Annotated[str | None, typer.Option("--note", help="Why (recorded in the audit trail).")]
 
 
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="Log lines as text or json (default: $GHT_LOG_FORMAT, else text; json for `gateway serve`).",
+        show_default=False,
+    ),
+]
+
+
 @app.callback()
-def _root(ctx: typer.Context, config: ConfigOption = None) -> None:
-    ctx.obj = {"config": config}
+def _root(ctx: typer.Context, config: ConfigOption = None, log_format: LogFormatOption = None) -> None:
+    try:
+        configure_logging(choose_format(log_format), default_level="WARNING")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-format") from None
+    ctx.obj = {"config": config, "log_format": log_format}
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -180,11 +196,19 @@ def sync_run(
         str | None,
         typer.Option("--every", help="Run again on this interval (30s, 10m, 1h) until stopped (SIGTERM)."),
     ] = None,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            help="After the run, write every site's sync and export metrics to this file (Prometheus "
+            "node_exporter textfile format, replaced atomically; name it *.prom).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Read every site's directory and bring the territorial directory in step with it."""
     if every is not None:
-        _sync_every(ctx, parse_interval(every), site, dry_run, allow_deletes, full, as_json)
+        _sync_every(ctx, parse_interval(every), site, dry_run, allow_deletes, full, as_json, metrics_file)
         return
     settings = _settings(ctx)
     check_sites(settings, site)
@@ -192,6 +216,8 @@ def sync_run(
     results = _run_with_progress(
         settings, store, site, dry_run, quiet=as_json, allow_closures=allow_deletes, full=full
     )
+    if metrics_file is not None:
+        _write_metrics(metrics_file, store, settings)
     if as_json:
         _print_json({"dry_run": dry_run, "sites": [r.as_dict(with_plan=dry_run) for r in results]})
     else:
@@ -215,6 +241,17 @@ def sync_run(
         raise typer.Exit(1)
 
 
+def _write_metrics(path: Path, store: Store, settings: Settings) -> None:
+    """`--metrics-file`: the directory's sync and export metrics, for node_exporter's textfile collector."""
+    from directory_sync.metrics import write_textfile
+
+    try:
+        write_textfile(path, store, settings.sites)
+    except OSError as exc:
+        err.print(f"error: cannot write the metrics file {path}: {exc.strerror}", markup=False)
+        raise typer.Exit(1) from None
+
+
 def _sync_every(
     ctx: typer.Context,
     interval: float,
@@ -223,6 +260,7 @@ def _sync_every(
     allow_deletes: int,
     full: bool,
     as_json: bool,
+    metrics_file: Path | None = None,
 ) -> None:
     """`ght sync run --every`: a run now, then one per interval, until SIGTERM or Ctrl-C.
 
@@ -236,7 +274,15 @@ def _sync_every(
     def once() -> None:
         err.print(f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC: sync run")
         try:
-            sync_run(ctx, site=site, dry_run=dry_run, allow_deletes=allow_deletes, full=full, as_json=as_json)
+            sync_run(
+                ctx,
+                site=site,
+                dry_run=dry_run,
+                allow_deletes=allow_deletes,
+                full=full,
+                as_json=as_json,
+                metrics_file=metrics_file,
+            )
         except typer.Exit:
             pass  # the failures are printed; the schedule goes on
         except GhtError as exc:
@@ -705,7 +751,8 @@ def gateway_serve(
     """Serve the OpenID Connect provider (all state in the database: run as many as you like)."""
     from sso_gateway import serve
 
-    serve(_settings(ctx), host, port, workers)
+    log_format = choose_format(ctx.obj.get("log_format") if ctx.obj else None, default="json")
+    serve(_settings(ctx), host, port, workers, log_format=log_format)
 
 
 def _print_client(data: dict[str, Any], secret: str | None) -> None:
@@ -716,6 +763,8 @@ def _print_client(data: dict[str, Any], secret: str | None) -> None:
         out.print(f"  {'post_logout_redirect_uris':<27}{', '.join(data['post_logout_redirect_uris'])}")
     if data["backchannel_logout_uri"]:
         out.print(f"  {'backchannel_logout_uri':<27}{data['backchannel_logout_uri']}")
+    if data.get("min_acr"):
+        out.print(f"  {'min_acr':<27}{data['min_acr']}")
     if secret:
         out.print(f"  {'client_secret':<27}{secret}", markup=False)
         out.print("[yellow]The secret is shown once: store it now (the gateway keeps only a digest).[/]")
@@ -737,13 +786,21 @@ def clients_add(
     scope: Annotated[list[str] | None, typer.Option("--scope", help="Allowed scope (repeatable).")] = None,
     auth_method: Annotated[str | None, typer.Option("--auth-method", help="Token endpoint auth.")] = None,
     jwks: Annotated[Path | None, typer.Option("--jwks", help="JWKS file (private_key_jwt).")] = None,
+    min_acr: Annotated[
+        str | None,
+        typer.Option("--min-acr", help="Lowest level of assurance (acr) it accepts (see CLAIMS.md)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Register an application; prints its client id, and its secret once."""
+    from sso_gateway.assurance import check_level
     from sso_gateway.clients import describe
 
     keys = json.loads(jwks.read_text()) if jwks else None
-    new = _gateway(ctx).clients.add(
+    gateway = _gateway(ctx)
+    if min_acr is not None:
+        check_level(min_acr, gateway.config)
+    new = gateway.clients.add(
         name,
         redirect_uris=redirect_uri or [],
         public=public,
@@ -753,6 +810,7 @@ def clients_add(
         scopes=scope,
         auth_method=auth_method,
         jwks=keys,
+        min_acr=min_acr,
     )
     if as_json:
         _print_json({**describe(new.record), "client_secret": new.secret})
@@ -801,6 +859,24 @@ def clients_remove(ctx: typer.Context, client_id: str) -> None:
     """Remove an application: its tokens stop working at once."""
     _gateway(ctx).clients.remove(client_id)
     out.print(f"Client {client_id} removed.")
+
+
+@clients_app.command("set-min-acr")
+def clients_set_min_acr(
+    ctx: typer.Context,
+    client_id: str,
+    acr: Annotated[str, typer.Argument(help="The lowest level it accepts; 'none': the network's rule.")],
+) -> None:
+    """Set the lowest level of assurance (acr) an application accepts: below it, the person steps up."""
+    from sso_gateway.assurance import check_level
+
+    gateway = _gateway(ctx)
+    level = None if acr.lower() == "none" else check_level(acr, gateway.config)
+    gateway.clients.set_min_acr(client_id, level)
+    out.print(
+        f"Client {client_id}: minimum level {level or 'none (the network rule alone)'} "
+        "(every serving gateway process applies it within a few seconds)."
+    )
 
 
 @clients_app.command("rotate-secret")
@@ -878,6 +954,60 @@ def people_set_password(
         set_password(session, person.id, password)
         session.commit()
     out.print(f"Local password set for {person.given_name or ''} {person.family_name} ({person.id}).")
+
+
+mfa_app = typer.Typer(no_args_is_help=True, help="A person's second factors (TOTP apps, security keys).")
+people_app.add_typer(mfa_app, name="mfa")
+
+
+def _mfa_person(ctx: typer.Context, key: str) -> tuple[Any, Any]:
+    gateway = _gateway(ctx)
+    with gateway.store.session() as session:
+        person = get_person(session, key).person
+    return gateway, person
+
+
+@mfa_app.command("list")
+def people_mfa_list(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="Territorial id, RPPS, login, SITE\\login or email.")],
+    as_json: JsonOption = False,
+) -> None:
+    """A person's second factors (never their secrets) and how many recovery codes are left."""
+    gateway, person = _mfa_person(ctx, key)
+    factors = gateway.mfa.factors(person.id)
+    left = gateway.mfa.recovery_codes_left(person.id)
+    if as_json:
+        _print_json({"person": person.id, "factors": [f.as_dict() for f in factors], "recovery_codes": left})
+        return
+    name = f"{person.given_name or ''} {person.family_name}".strip()
+    if not factors:
+        out.print(f"{name} ({person.id}) has no second factor.")
+        return
+    table = Table(title=f"{name} ({person.id})")
+    for column in ("id", "kind", "label", "added", "last used"):
+        table.add_column(column)
+    for f in factors:
+        used = f"{f.last_used_at:%Y-%m-%d %H:%M}" if f.last_used_at else ""
+        table.add_row(f.id, f.kind, f.label, f"{f.created_at:%Y-%m-%d %H:%M}", used)
+    out.print(table)
+    out.print(f"Recovery codes left: {left}")
+
+
+@mfa_app.command("reset")
+def people_mfa_reset(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="Territorial id, RPPS, login, SITE\\login or email.")],
+    by: AdminOption,
+    note: NoteOption = None,
+) -> None:
+    """Remove every second factor and recovery code of a person (audited): they enrol again."""
+    gateway, person = _mfa_person(ctx, key)
+    removed = gateway.mfa.reset(person.id, by=by, reason=note)
+    out.print(
+        f"Removed {removed} second factor(s) of {person.given_name or ''} {person.family_name} "
+        f"({person.id}); they must enrol again (from a hospital network)."
+    )
 
 
 # -- azure (directory_sync.azure): plan, push, status, adopt ------------------------------------------

@@ -12,7 +12,10 @@ script when wrk is installed, else by async httpx; sign-ins by async httpx, a co
   rotating the refresh tokens the sign-ins left;
 - oidc-provider: client-credentials grants; refresh grants (each connection rotating its own token).
 
-Prints rate, p50 and p95 per measure, and the ratio gateway / oidc-provider.
+Both servers stay up for the whole run; each grant measure on the gateway is followed at once by the
+same measure on oidc-provider, so that a ratio compares two measures taken under the same load of the
+machine. Prints rate, p50 and p95 per measure with the 1-minute load average, and the ratio gateway /
+oidc-provider with its conditions (gateway worker processes against one node process).
 
     npm ci --prefix tests/oidc_peers
     python benchmarks/gateway_grants.py --workers 2 --concurrency 64 --seconds 10 --database postgres
@@ -255,7 +258,8 @@ def wrk(
     figures["per_second"] = figures["requests"] / figures["seconds"]
     print(
         f"{name:<34}{figures['per_second']:>8.0f}/s   p50 {figures['p50_ms']:7.1f} ms   "
-        f"p95 {figures['p95_ms']:7.1f} ms   ({figures['requests']} in {figures['seconds']:.1f} s, wrk)"
+        f"p95 {figures['p95_ms']:7.1f} ms   ({figures['requests']} in {figures['seconds']:.1f} s, wrk; "
+        f"load {os.getloadavg()[0]:.1f})"
     )
     return dict(figures)
 
@@ -271,7 +275,7 @@ def report(name: str, latencies: list[float], seconds: float) -> dict[str, float
     rate, p50, p95 = figures["per_second"], figures["p50_ms"], figures["p95_ms"]
     print(
         f"{name:<34}{rate:>8.0f}/s   p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   "
-        f"({len(ordered)} in {seconds:g} s)"
+        f"({len(ordered)} in {seconds:g} s; load {os.getloadavg()[0]:.1f})"
     )
     return figures
 
@@ -419,11 +423,25 @@ def main() -> None:
                 f"gateway: {args.workers} worker(s), {url.split(':', 1)[0]}, RS256, JWT access tokens; "
                 f"load: {args.load} for grants, httpx async for sign-ins, {conc} connections, "
                 f"{seconds:g} s per measure, loopback; "
-                f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
+                f"{os.cpu_count()} CPUs, Python {platform.python_version()}; load average {load_average()}"
             )
+            if not args.skip_peer:
+                secret = secrets.token_urlsafe(32)
+                peer = OidcProvider("bench", secret)
+                print(f"oidc-provider {peer.version}: node {platform_node()}, one process, in-memory adapter")
+            # Each gateway measure is followed at once by the same measure on oidc-provider (both
+            # servers stay up, idle when not measured), so that a ratio compares two runs made under the
+            # same load of the machine.
             cc_auth = (service["client_id"], service["client_secret"])
             token = f"{gateway.url}/token"
             grants("gateway client_credentials", token, cc_auth)
+            if peer is not None:
+                grants(
+                    "oidc-provider client_credentials",
+                    f"{peer.url}/token",
+                    ("bench", secret),
+                    form="&scope=api",
+                )
             issued: list[str] = []
             step = sign_in(gateway.url, app["client_id"], app["client_secret"], issued, login)
             results["gateway sign-in"] = report(
@@ -435,24 +453,17 @@ def main() -> None:
                 asyncio.run(once(conc, step))
             chains = issued[: 2 * conc]
             app_auth = (app["client_id"], app["client_secret"])
+            peer_chains = peer.refresh_tokens(2 * conc) if peer is not None else []
             grants("gateway refresh", token, app_auth, chains=chains)
-            gateway.stop()
-            gateway = None
-            if not args.skip_peer:
-                secret = secrets.token_urlsafe(32)
-                peer = OidcProvider("bench", secret)
-                print(f"oidc-provider {peer.version}: node {platform_node()}, one process, in-memory adapter")
-                token = f"{peer.url}/token"
-                grants("oidc-provider client_credentials", token, ("bench", secret), form="&scope=api")
-                grants(
-                    "oidc-provider refresh", token, ("bench", secret), chains=peer.refresh_tokens(2 * conc)
-                )
+            if peer is not None:
+                grants("oidc-provider refresh", f"{peer.url}/token", ("bench", secret), chains=peer_chains)
                 for grant in ("client_credentials", "refresh"):
                     ours, theirs = results[f"gateway {grant}"], results[f"oidc-provider {grant}"]
                     print(
-                        f"ratio gateway/oidc-provider, {grant}: "
-                        f"{ours['per_second'] / theirs['per_second']:.2f}"
+                        f"ratio gateway ({args.workers} worker processes) / oidc-provider (1 node process), "
+                        f"{grant}: {ours['per_second'] / theirs['per_second']:.2f}"
                     )
+            print(f"load average at the end: {load_average()}")
         finally:
             if gateway is not None:
                 gateway.stop()
@@ -464,6 +475,11 @@ def main() -> None:
                 postgres.stop()
                 postgres.cleanup()
     print(json.dumps(results))
+
+
+def load_average() -> str:
+    """The machine's 1, 5 and 15 minute load averages (other work on the machine skews every figure)."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def platform_node() -> str:

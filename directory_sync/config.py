@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -373,7 +375,33 @@ def _line_index(text: str) -> dict[tuple[Any, ...], int]:
     return index
 
 
-def _load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
+#: libyaml's parser when PyYAML was built with it (several times faster), else the pure-Python one.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Lines(Mapping[tuple[Any, ...], int]):
+    """The line index of a document, worked out only if an error needs it (a second parse)."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._index: dict[tuple[Any, ...], int] | None = None
+
+    def _lines(self) -> dict[tuple[Any, ...], int]:
+        if self._index is None:
+            self._index = _line_index(self._text)
+        return self._index
+
+    def __getitem__(self, key: tuple[Any, ...]) -> int:
+        return self._lines()[key]
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self._lines())
+
+    def __len__(self) -> int:
+        return len(self._lines())
+
+
+def _load_yaml(path: Path) -> tuple[Any, Mapping[tuple[Any, ...], int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -381,7 +409,7 @@ def _load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, None, f"cannot read: {exc}") from None
     try:
-        return yaml.safe_load(text), _line_index(text)
+        return yaml.load(text, Loader=_SafeLoader), _Lines(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -494,6 +522,117 @@ def _check_map_references(
 # The OIDC gateway's settings (`[gateway]` in ght.toml), read by `sso_gateway` (never imported here).
 
 
+def _loopback_or_https(value: str, what: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError(f"{what} must be an https:// URL (http:// only on the loopback address)")
+    return value
+
+
+class UpstreamProviderSettings(_Strict):
+    """An upstream OpenID provider people may sign in with (`[gateway.upstream.<name>]`).
+
+    `kind` says how its identities are linked to territorial people: `entra_id` (the group's tenant)
+    by the object id the Entra export stored (`oid`), else the `employeeId` it wrote; `pro_sante_connect`
+    by the RPPS of `SubjectNameID` (idNat_PS). Endpoints come from the issuer's discovery document.
+    With `admit_external` (Pro Sante Connect only), a professional the directory does not know is
+    admitted as an external professional with `external_role`, to `external_clients` only
+    (sso_gateway/upstream.py).
+    """
+
+    kind: Literal["pro_sante_connect", "entra_id"]
+    issuer: str
+    client_id: str = Field(min_length=1)
+    client_secret: SecretRef
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    #: Defaults by kind: Pro Sante Connect "openid scope_all", Entra ID "openid profile email".
+    scope: str | None = None
+    #: Defaults by kind: Pro Sante Connect "eidas1"; Entra ID none.
+    acr_values: str | None = None
+    #: The button's label (otherwise "Pro Santé Connect" or "Entra ID"), in every language.
+    label: str | None = Field(default=None, max_length=64)
+    ca_file: Path | None = None
+    timeout: float = Field(10, gt=0, le=120)
+    #: Entra ID: the group's tenant; an ID token with another `tid` is refused.
+    tenant_id: str | None = None
+    admit_external: bool = False
+    external_role: str = Field("professionnel-externe", pattern=f"^{ROLE_CODE.pattern}$")
+    external_clients: list[str] = []
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        return _loopback_or_https(value.rstrip("/"), "the upstream issuer")
+
+    @field_validator("client_secret", mode="before")
+    @classmethod
+    def _no_inline_secret(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("a secret must not be written in the file: use {env: VARIABLE} or {file: PATH}")
+        return value
+
+    @model_validator(mode="after")
+    def _external(self) -> UpstreamProviderSettings:
+        if self.admit_external and self.kind != "pro_sante_connect":
+            raise ValueError("admit_external is for Pro Sante Connect only")
+        if self.admit_external and not self.external_clients:
+            raise ValueError(
+                "admit_external needs external_clients: the client ids an external professional may use"
+            )
+        return self
+
+    @property
+    def effective_scope(self) -> str:
+        if self.scope:
+            return self.scope
+        return "openid scope_all" if self.kind == "pro_sante_connect" else "openid profile email"
+
+    @property
+    def effective_acr_values(self) -> str | None:
+        if self.acr_values is not None:
+            return self.acr_values or None
+        return "eidas1" if self.kind == "pro_sante_connect" else None
+
+
+#: The gateway's levels of assurance (`acr` values, documented in sso_gateway/CLAIMS.md).
+ACR_LOW = "urn:ght:acr:low"
+ACR_SUBSTANTIAL = "urn:ght:acr:substantial"
+
+
+class AssuranceLevel(_Strict):
+    """A level of assurance a sign-in reaches (`acr`), from the methods it used (`amr`, RFC 8176).
+
+    A sign-in reaches the level when its `amr` holds every value of one of the `amr` sets, or when an
+    upstream provider reported one of `upstream_acr`. Levels are listed lowest first; the first one is
+    the floor every sign-in reaches.
+    """
+
+    acr: str = Field(min_length=1, max_length=128)
+    description: str = ""
+    amr: list[list[str]] = []
+    upstream_acr: list[str] = []
+
+
+DEFAULT_ASSURANCE_LEVELS = (
+    AssuranceLevel(
+        acr=ACR_LOW,
+        description="one factor (a password): eIDAS low; under the PGSSI-S identification rules (RIE), "
+        "accepted only from inside the establishment",
+        amr=[["pwd"]],
+    ),
+    AssuranceLevel(
+        acr=ACR_SUBSTANTIAL,
+        description="two factors (password and TOTP or security key), CPS / e-CPS through Pro Sante "
+        "Connect: eIDAS substantial, accepted by the RIE for access from anywhere",
+        amr=[["mfa"], ["pwd", "otp"], ["pwd", "hwk"], ["pwd", "swk"]],
+        upstream_acr=["eidas1", "eidas2", "eidas3"],
+    ),
+)
+
+
 class GatewaySettings(_Strict):
     """The OpenID Connect gateway: who it is, where its key-encryption key lives, how long things last.
 
@@ -517,7 +656,36 @@ class GatewaySettings(_Strict):
     login_lockout_seconds: int = Field(900, ge=1, le=24 * 3600)
     ldap_timeout: float = Field(5, gt=0, le=60)
     backchannel_logout_attempts: int = Field(6, ge=1, le=50)
+    #: Who may read /metrics (sso_gateway/metrics.py): clients from these networks (the loopback by
+    #: default), or any client presenting `metrics_token` as `Authorization: Bearer <token>`.
+    metrics_networks: list[IPvAnyNetwork] = [IPv4Network("127.0.0.0/8"), IPv6Network("::1/128")]
+    metrics_token: SecretRef | None = None
     default_locale: Literal["fr", "en"] = "fr"
+    #: Levels of assurance, lowest first (sso_gateway/assurance.py; CLAIMS.md lists the defaults).
+    assurance_levels: list[AssuranceLevel] = list(DEFAULT_ASSURANCE_LEVELS)
+    #: The hospitals' internal networks: from them a password alone may do, where the client allows it.
+    #: The loopback by default only: declare the establishments' networks (e.g. "10.0.0.0/8").
+    internal_networks: list[IPvAnyNetwork] = [IPv4Network("127.0.0.0/8"), IPv6Network("::1/128")]
+    #: The level every sign-in from outside the internal networks must reach (RIE: two factors).
+    external_acr: str = ACR_SUBSTANTIAL
+    totp_issuer: str = Field("GHT", min_length=1, max_length=64)
+    #: WebAuthn relying party id (a registrable domain of the issuer); by default the issuer's host.
+    webauthn_rp_id: str | None = None
+    #: Upstream OpenID providers (`[gateway.upstream.<name>]`), by name (it appears in their URLs).
+    upstream: dict[
+        Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")], UpstreamProviderSettings
+    ] = {}
+
+    @model_validator(mode="after")
+    def _known_acr(self) -> GatewaySettings:
+        known = [level.acr for level in self.assurance_levels]
+        if not known:
+            raise ValueError("assurance_levels must list at least one level")
+        if len(set(known)) != len(known):
+            raise ValueError("assurance_levels lists an acr twice")
+        if self.external_acr not in known:
+            raise ValueError(f"external_acr {self.external_acr!r} is not one of the assurance_levels")
+        return self
 
     @field_validator("issuer")
     @classmethod

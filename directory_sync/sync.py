@@ -46,6 +46,21 @@ from .store import RunStatus, Site, Store, SyncRun, utcnow
 Progress = Callable[[str, int], None]
 
 
+#: What a run of a site counts (its result, `ght sync run --json`, the metrics).
+COUNTS = (
+    "read",
+    "created",
+    "linked",
+    "updated",
+    "unchanged",
+    "closed",
+    "suspended",
+    "reviews",
+    "warnings",
+    "errors",
+)
+
+
 @dataclass
 class SiteResult:
     site: str
@@ -79,30 +94,8 @@ class SiteResult:
         return self.status == RunStatus.SKIPPED
 
     def as_dict(self, *, with_plan: bool = False) -> dict[str, Any]:
-        data = {
-            k: getattr(self, k)
-            for k in (
-                "site",
-                "url",
-                "status",
-                "dry_run",
-                "read",
-                "created",
-                "linked",
-                "updated",
-                "unchanged",
-                "closed",
-                "suspended",
-                "reviews",
-                "warnings",
-                "errors",
-                "error",
-                "seconds",
-                "run_id",
-                "mode",
-                "mode_reason",
-            )
-        }
+        names = ("site", "url", "status", "dry_run", *COUNTS, "error", "seconds", "run_id", "mode")
+        data = {k: getattr(self, k) for k in (*names, "mode_reason")}
         if with_plan and self.plan is not None:
             data["actions"] = [a.as_dict() for a in self.plan.actions]
             data["warning_details"] = self.plan.warnings
@@ -320,21 +313,7 @@ def _finish_run(store: Store, run_id: int, result: SiteResult) -> None:
     with store.session() as session:
         run = session.get(SyncRun, run_id)
         assert run is not None
-        for name in (
-            "read",
-            "created",
-            "linked",
-            "updated",
-            "unchanged",
-            "closed",
-            "suspended",
-            "reviews",
-            "warnings",
-            "errors",
-            "error",
-            "mode",
-            "mode_reason",
-        ):
+        for name in (*COUNTS, "error", "mode", "mode_reason"):
             setattr(run, name, getattr(result, name))
         run.status = result.status
         run.finished_at = utcnow()

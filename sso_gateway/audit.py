@@ -1,7 +1,10 @@
 """The gateway's entries in the audit trail (`AuditEvent`): sign-ins, failures, locks, logouts, reuse.
 
 Actions are `gateway.<kind>`; the actor is `gateway`. The details (client address, client id, reason)
-go into `changes`. Never a secret: no password, token, code or cookie is ever written or logged.
+go into `changes`, with the id of the HTTP request that caused the event (`request_id`, as in the log
+lines and the response's X-Request-ID). Never a secret: no password, token, code or cookie is ever
+written or logged. The database is the trail of record; the `ght.audit` logger echoes each event (an
+operator can route that logger apart from the debug logs, or drop it).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from directory_sync.logs import REQUEST_ID
 from directory_sync.store import AuditEvent
 
-log = logging.getLogger("sso_gateway.audit")
+log = logging.getLogger("ght.audit")
 ACTOR = "gateway"
 
 
@@ -28,8 +32,11 @@ def record_event(
     **detail: Any,
 ) -> None:
     """Add an event to the caller's transaction and log it (the caller commits)."""
+    request_id = REQUEST_ID.get()
     changes = {
-        k: v for k, v in {"client_id": client_id, "address": address, **detail}.items() if v is not None
+        k: v
+        for k, v in {"client_id": client_id, "address": address, "request_id": request_id, **detail}.items()
+        if v is not None
     }
     session.add(
         AuditEvent(
@@ -46,4 +53,5 @@ def record_event(
         kind,
         person_id or "-",
         " ".join(f"{k}={v}" for k, v in sorted(changes.items())),
+        extra={"action": f"gateway.{kind}", "person_id": person_id, "site": site},
     )

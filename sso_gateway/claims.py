@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from directory_sync.store import Account, AccountState, Affiliation, Person, Site
+from directory_sync.store import Account, AccountState, Affiliation, Person, PersonStatus, Site
 
-from .models import SiteChoice
+from .models import SiteChoice, UpstreamIdentity
 
 
 def idnat_ps(rpps: str | None) -> str | None:
@@ -69,6 +69,8 @@ class ClaimsBuilder:
         if person is None:
             return {"sub": person_id}
         claims: dict[str, Any] = {"sub": person.id}
+        if person.status == PersonStatus.EXTERNAL:  # admitted from Pro Sante Connect (upstream.py)
+            claims.update(external=True, roles=external_roles(session, person.id))
         affiliations = self.active_affiliations(session, person.id)
         home = affiliations[0][0].site if affiliations else None
         if "profile" in scopes:
@@ -106,3 +108,13 @@ class ClaimsBuilder:
                 current_site=current_site,
             )
         return {k: v for k, v in claims.items() if v is not None}
+
+
+def external_roles(session: Session, person_id: str) -> list[str]:
+    """The roles an external professional was admitted with (`UpstreamIdentity.role`)."""
+    rows = session.execute(
+        select(col(UpstreamIdentity.role)).where(
+            col(UpstreamIdentity.person_id) == person_id, col(UpstreamIdentity.external).is_(True)
+        )
+    ).scalars()
+    return sorted({r for r in rows if r})

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -134,6 +134,7 @@ def describe(record: GatewayClient) -> dict[str, Any]:
         "grant_types": record.grant_types,
         "scopes": record.scopes,
         "require_pkce": record.require_pkce,
+        "min_acr": record.min_acr,
         "has_jwks": bool(record.jwks),
         "created_at": record.created_at.isoformat(),
         "secret_rotated_at": record.secret_rotated_at.isoformat() if record.secret_rotated_at else None,
@@ -141,10 +142,20 @@ def describe(record: GatewayClient) -> dict[str, Any]:
 
 
 class ClientRegistry:
-    """Create, find, list, remove clients and rotate their secrets."""
+    """Create, find, list, remove clients and rotate their secrets.
 
-    def __init__(self, store: Store) -> None:
+    `on_change` is called after a removal or a secret rotation, so that a serving process that changed
+    a client itself forgets its cached copy at once (other processes within their cache's bound:
+    `oauth.server.CLIENT_CACHE_SECONDS`).
+    """
+
+    def __init__(self, store: Store, on_change: Callable[[], None] | None = None) -> None:
         self.store = store
+        self.on_change = on_change
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def add(
         self,
@@ -160,6 +171,7 @@ class ClientRegistry:
         jwks: dict[str, Any] | None = None,
         client_id: str | None = None,
         require_pkce: bool = True,
+        min_acr: str | None = None,
     ) -> NewClient:
         """Register a client; raises ClientError (nothing written) if any value is wrong."""
         grants = list(grant_types or (["client_credentials"] if not redirect_uris else GRANT_TYPES[:2]))
@@ -203,6 +215,7 @@ class ClientRegistry:
             scopes=_unique(scope_list),
             jwks=jwks,
             require_pkce=require_pkce or public,
+            min_acr=min_acr,
         )
         with self.store.session() as session:
             if session.get(GatewayClient, client_id) is not None:
@@ -230,6 +243,18 @@ class ClientRegistry:
             session.execute(delete(SessionClient).where(col(SessionClient.client_id) == client_id))
             session.delete(record)
             session.commit()
+        self._changed()
+
+    def set_min_acr(self, client_id: str, min_acr: str | None) -> GatewayClient:
+        """The lowest level of assurance the client accepts (None: the network's rule alone)."""
+        with self.store.session() as session:
+            record = session.get(GatewayClient, client_id)
+            if record is None:
+                raise UnknownClient(f"no client {client_id!r} (see `ght clients list`)")
+            record.min_acr = min_acr
+            session.add(record)
+            session.commit()
+        return record
 
     def rotate_secret(self, client_id: str) -> NewClient:
         with self.store.session() as session:
@@ -243,6 +268,7 @@ class ClientRegistry:
             record.secret_rotated_at = utcnow()
             session.add(record)
             session.commit()
+        self._changed()
         return NewClient(record, secret)
 
 

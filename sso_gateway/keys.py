@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 import secrets
 import threading
@@ -52,6 +53,9 @@ class KeyEncryption:
             algorithm=hashes.SHA256(), length=32, salt=b"ght-gateway/kek", info=b"signing-keys"
         ).derive(secret.encode())
         self._aead = AESGCM(key)
+        self._mac_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=b"ght-gateway/kek", info=b"digests"
+        ).derive(secret.encode())
         #: A fingerprint of the KEK (not the KEK): says which KEK sealed a key, without revealing it.
         self.kek_id = hashlib.sha256(b"kek-id" + key).hexdigest()[:16]
 
@@ -66,6 +70,11 @@ class KeyEncryption:
         nonce = os.urandom(12)
         sealed = self._aead.encrypt(nonce, plaintext, kid.encode())
         return _SEALED_PREFIX + base64.b64encode(nonce + sealed).decode()
+
+    def mac(self, value: str, purpose: str) -> str:
+        """A keyed digest (HMAC-SHA256 under a key derived from the KEK): for low-entropy secrets such
+        as recovery codes, which a copy of the database alone must not let anyone guess offline."""
+        return hmac.new(self._mac_key, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
 
     def open(self, sealed: str, kid: str, kek_id: str) -> bytes:
         if kek_id != self.kek_id:
@@ -237,6 +246,10 @@ class KeyStore:
             self._public = {"keys": [dict(k.public_jwk) for k in published]}
             self._keyset = KeySet.import_key_set(self._public)  # type: ignore[arg-type]
             self._loaded_at = time.monotonic()
+
+    def fresh(self) -> bool:
+        """True while the cached keys are recent enough to sign without reading the database."""
+        return self._signing is not None and time.monotonic() - self._loaded_at < _CACHE_SECONDS
 
     def signing_key(self) -> tuple[str, str, SigningJwk]:
         """(kid, alg, private key) of the key that signs now. Raises KeyStoreError when there is none."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text
+from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from directory_sync.store import utcnow
@@ -48,6 +48,7 @@ class GatewayClient(SQLModel, table=True):
     scopes: list[str] = _json()
     jwks: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     require_pkce: bool = True
+    min_acr: str | None = Field(default=None, max_length=128)  # the lowest level it accepts (assurance.py)
     created_at: datetime = _now()
     secret_rotated_at: datetime | None = _when()
 
@@ -77,6 +78,7 @@ class BrowserSession(SQLModel, table=True):
     person_id: str = Field(foreign_key="person.id", index=True, max_length=32)
     auth_time: datetime = _now()
     amr: list[str] = _json()
+    acr: str | None = Field(default=None, max_length=128)
     current_site: str | None = Field(default=None, max_length=64)
     created_at: datetime = _now()
     expires_at: datetime = _now()
@@ -122,6 +124,7 @@ class Grant(SQLModel, table=True):
     current_site: str | None = Field(default=None, max_length=64)
     auth_time: datetime | None = _when()
     amr: list[str] = _json()
+    acr: str | None = Field(default=None, max_length=128)
     created_at: datetime = _now()
     revoked_at: datetime | None = _when()
     revoked_reason: str | None = Field(default=None, max_length=64)
@@ -224,3 +227,100 @@ class ClientAssertionUse(SQLModel, table=True):
     client_id: str = Field(primary_key=True, max_length=64)
     jti: str = Field(primary_key=True, max_length=255)
     expires_at: datetime = _now()
+
+
+class MfaCredential(SQLModel, table=True):
+    """A person's second factor: a TOTP seed (sealed with the key-encryption key) or a WebAuthn key.
+
+    A TOTP credential counts once `confirmed_at` is set (the person typed a first code); `last_step`
+    is the last time step accepted, so a code is accepted once only. A WebAuthn credential holds the
+    public key and its signature counter. The migration is `0006_mfa.py`.
+    """
+
+    __tablename__ = "gateway_mfa_credential"
+
+    id: str = Field(primary_key=True, max_length=32)
+    person_id: str = Field(foreign_key="person.id", index=True, max_length=32)
+    kind: str = Field(max_length=16)  # "totp" | "webauthn"
+    label: str = Field(default="", max_length=128)
+    amr: str = Field(max_length=8)  # what a sign-in with it adds to `amr`: "otp", "hwk", "swk"
+    secret: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # AES-GCM, base64
+    kek_id: str | None = Field(default=None, max_length=16)
+    last_step: int | None = None
+    credential_id: str | None = Field(default=None, max_length=1400, unique=True)  # base64url
+    public_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # COSE, base64url
+    sign_count: int = 0
+    transports: list[str] = _json()
+    created_at: datetime = _now()
+    confirmed_at: datetime | None = _when()
+    last_used_at: datetime | None = _when()
+
+
+class RecoveryCode(SQLModel, table=True):
+    """A single-use recovery code, stored as an HMAC keyed from the key-encryption key."""
+
+    __tablename__ = "gateway_recovery_code"
+
+    code_hash: str = Field(primary_key=True, max_length=64)
+    person_id: str = Field(foreign_key="person.id", index=True, max_length=32)
+    created_at: datetime = _now()
+    used_at: datetime | None = _when()
+
+
+class MfaChallenge(SQLModel, table=True):
+    """A WebAuthn challenge handed to one browser session: single use, short-lived."""
+
+    __tablename__ = "gateway_mfa_challenge"
+
+    id: str = Field(primary_key=True, max_length=64)
+    sid: str = Field(max_length=64, index=True)
+    person_id: str = Field(max_length=32)
+    purpose: str = Field(max_length=16)  # "register" | "authenticate"
+    challenge: str = Field(max_length=128)  # base64url
+    created_at: datetime = _now()
+    expires_at: datetime = _now()
+    used_at: datetime | None = _when()
+
+
+class UpstreamState(SQLModel, table=True):
+    """A sign-in sent to an upstream provider (Entra ID, Pro Sante Connect), waiting for its answer.
+
+    Single use (`used_at`), bound to the browser and to the pending authorization it continues. Only
+    the SHA-256 digest of `state` is stored: the PKCE verifier and the nonce are derived from the state
+    with a key from the key-encryption key (sso_gateway/upstream.py), so this table holds nothing that
+    could finish a sign-in. Migration `0007_upstream`.
+    """
+
+    __tablename__ = "gateway_upstream_state"
+
+    state_hash: str = Field(primary_key=True, max_length=64)
+    provider: str = Field(max_length=32)
+    pending_id: str = Field(max_length=64)
+    browser_hash: str = Field(max_length=64)
+    created_at: datetime = _now()
+    expires_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
+    used_at: datetime | None = _when()
+
+
+class UpstreamIdentity(SQLModel, table=True):
+    """An upstream identity (provider, its `sub`) and the territorial person it signs in as.
+
+    `linked_by` says why: `oid` or `employeeId` (Entra ID, through the export state), `rpps` or `adeli`
+    (Pro Sante Connect's idNat_PS), or `external`: a professional the directory does not know, admitted
+    by a provider configured with `admit_external`, as a person of status `external` with `role` only.
+    """
+
+    __tablename__ = "gateway_upstream_identity"
+    __table_args__ = (UniqueConstraint("provider", "subject", name="uq_gateway_upstream_identity"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(max_length=32)
+    subject: str = Field(max_length=255)
+    person_id: str = Field(foreign_key="person.id", index=True, max_length=32)
+    linked_by: str = Field(max_length=16)
+    external: bool = False
+    role: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _now()
+    last_seen_at: datetime = _now()

@@ -16,11 +16,14 @@ import contextlib
 import enum
 import logging
 import ssl
+import time
 
 import ldap3
 from ldap3.utils.conv import escape_filter_chars
 
 from directory_sync.config import LdapConnection
+
+from .metrics import LDAP_BIND_DURATION
 
 log = logging.getLogger("sso_gateway.passthrough")
 
@@ -60,12 +63,14 @@ class PassThrough:
         connection = self.connections[site]
         if not acceptable_password(password):
             return BindOutcome.REJECTED
+        started = time.perf_counter()
         outcome = self._bind_any(connection, dn, password)
         if outcome is BindOutcome.REJECTED and connection.bind_dn and connection.anchor.lower() != "dn":
             current = self._current_dn(connection, anchor)
             if current is not None and current.lower() != dn.lower():
                 log.info("site %s: entry moved, binding as its current DN", site)
                 outcome = self._bind_any(connection, current, password)
+        LDAP_BIND_DURATION.labels(site, outcome.value).observe(time.perf_counter() - started)
         return outcome
 
     def _bind_any(self, connection: LdapConnection, dn: str, password: str) -> BindOutcome:

@@ -17,6 +17,7 @@ from sqlmodel import col
 from directory_sync.config import GatewaySettings
 from directory_sync.store import Store, utcnow
 
+from .assurance import acr_for, rank, with_mfa
 from .models import BrowserSession, SessionClient, SiteChoice
 
 
@@ -34,16 +35,24 @@ class Sessions:
         self.store = store
         self.settings = settings
 
-    def start(self, person_id: str, amr: list[str], current_site: str | None) -> tuple[BrowserSession, str]:
-        """A new session; returns it and the cookie value to give the browser (shown only here)."""
+    def start(
+        self, person_id: str, amr: list[str], current_site: str | None, acr: str | None = None
+    ) -> tuple[BrowserSession, str]:
+        """A new session; returns it and the cookie value to give the browser (shown only here).
+
+        `acr`: the level reached (upstream sign-ins compute it with `assurance.acr_for`); by default,
+        the level `amr` reaches.
+        """
         cookie = secrets.token_urlsafe(32)
         now = utcnow()
+        amr = with_mfa(amr)
         record = BrowserSession(
             sid=secrets.token_urlsafe(24),
             cookie_hash=digest(cookie),
             person_id=person_id,
             auth_time=now,
             amr=amr,
+            acr=acr if acr is not None else acr_for(amr, settings=self.settings),
             current_site=current_site,
             created_at=now,
             expires_at=now + timedelta(seconds=self.settings.session_lifetime),
@@ -64,6 +73,21 @@ class Sessions:
         if live is None or live.ended_at is not None or aware(live.expires_at) <= utcnow():
             return None
         return live
+
+    def step_up(self, sid: str, added: list[str], upstream_acr: str | None = None) -> BrowserSession | None:
+        """The person just proved another factor in this session: its `amr` and `acr` rise with it."""
+        with self.store.session() as session:
+            record = session.get(BrowserSession, sid)
+            if record is None or record.ended_at is not None:
+                return None
+            record.amr = with_mfa([*record.amr, *added])
+            reached = acr_for(record.amr, upstream_acr, settings=self.settings)
+            if (rank(reached, self.settings) or 0) >= (rank(record.acr, self.settings) or 0):
+                record.acr = reached
+            record.auth_time = utcnow()
+            session.add(record)
+            session.commit()
+            return record
 
     def get(self, sid: str) -> BrowserSession | None:
         with self.store.session() as session:

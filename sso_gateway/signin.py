@@ -24,6 +24,7 @@ from directory_sync.store import Account, AccountState, Affiliation, Person, Per
 
 from .audit import record_event
 from .local_credentials import has_local_password, verify_local_password
+from .metrics import SIGNINS
 from .passthrough import BindOutcome, PassThrough
 from .throttle import Throttle
 
@@ -133,6 +134,8 @@ class SignInResult:
     amr: list[str] = field(default_factory=list)
     failure: Failure | None = None
     retry_after: int = 0
+    #: Where the password was checked: the site whose directory answered, or "local" (the gateway's).
+    site: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -164,6 +167,7 @@ class SignIn:
                     retry_after=wait,
                 )
                 session.commit()
+                SIGNINS.labels(str(Failure.THROTTLED), "none").inc()
                 return SignInResult(failure=Failure.THROTTLED, retry_after=wait)
             result = self._check(session, match, password)
             person_id = match.person.id if match else None
@@ -190,6 +194,7 @@ class SignIn:
                 if locked:
                     record_event(session, "account_locked", person_id=person_id, address=address)
             session.commit()
+            SIGNINS.labels("success" if result.ok else str(result.failure), result.site or "none").inc()
             return result
 
     def _check(self, session: Session, match: Match | None, password: str) -> SignInResult:
@@ -198,26 +203,29 @@ class SignIn:
         person = match.person
         if has_local_password(session, person.id):
             if not verify_local_password(session, person.id, password):
-                return SignInResult(failure=Failure.WRONG_PASSWORD)
+                return SignInResult(failure=Failure.WRONG_PASSWORD, site="local")
             outcome_ok = True
             amr = ["pwd"]
+            checked: str | None = "local"
         else:
             outcome_ok = False
             amr = ["pwd"]
             tried = False
+            checked = None
             for account in candidate_accounts(session, match):
                 if not self.passthrough.handles(account.site):
                     continue
-                tried = True
+                tried, checked = True, account.site
                 outcome = self.passthrough.check(account.site, account.dn, account.anchor, password)
                 if outcome is BindOutcome.ACCEPTED:
                     outcome_ok = True
                     break
                 if outcome is BindOutcome.REJECTED:
-                    return SignInResult(failure=Failure.WRONG_PASSWORD)
+                    return SignInResult(failure=Failure.WRONG_PASSWORD, site=checked)
             if not outcome_ok:
-                return SignInResult(failure=Failure.DIRECTORY_DOWN if tried else Failure.NO_CREDENTIAL)
+                failure = Failure.DIRECTORY_DOWN if tried else Failure.NO_CREDENTIAL
+                return SignInResult(failure=failure, site=checked)
         # Checked after the password, so that a suspended person's answer looks like anyone's.
         if person.status != PersonStatus.ACTIVE:
-            return SignInResult(failure=Failure.NOT_ACTIVE)
-        return SignInResult(person=person, amr=amr)
+            return SignInResult(failure=Failure.NOT_ACTIVE, site=checked)
+        return SignInResult(person=person, amr=amr, site=checked)

@@ -40,8 +40,10 @@ class Throttle:
         """How long the caller must wait before an attempt on these keys is checked (0: go ahead)."""
         now = utcnow()
         wait = 0.0
+        found = session.info.setdefault("throttle_rows", {})
         for key in keys:
             row = session.get(LoginThrottle, key)
+            found[key] = row is not None
             if row is None:
                 continue
             for until in (_aware(row.locked_until), _aware(row.next_attempt_at)):
@@ -83,4 +85,7 @@ class Throttle:
         return False
 
     def success(self, session: Session, key: str) -> None:
+        """Forget the key's failures: nothing to write when `wait_seconds` found none in this session."""
+        if session.info.get("throttle_rows", {}).get(key) is False:
+            return
         session.execute(delete(LoginThrottle).where(col(LoginThrottle.key) == key))

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from directory_sync.store import Account, AccountState, Affiliation, Person, Store
 from tests.hospitals import write_site
+from tests.servers.logscan import record_cli
 from tests.servers.samba import SambaDC
 
 #: How these hospitals store their staff in AD: RPPS in employeeID, local job title in title.
@@ -161,7 +162,9 @@ def ght_env() -> dict[str, str]:
 
 
 def ght(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run `ght ARGS` in a fresh process, as IT staff (or cron) would."""
-    return subprocess.run(
+    """Run `ght ARGS` in a fresh process, as IT staff (or cron) would (its stderr kept with the logs)."""
+    done = subprocess.run(
         ght_command(*args), cwd=cwd, capture_output=True, text=True, env=ght_env(), timeout=timeout
     )
+    record_cli(args, done.stderr)
+    return done

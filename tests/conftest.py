@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,9 +16,42 @@ _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from directory_sync.logs import QUIET_LOGGERS  # noqa: E402
+from tests.servers.logscan import LOG_DIR_ENV, SECRETS, SecretsRegistry  # noqa: E402
 from tests.servers.postgres import PostgresServer, start_postgres  # noqa: E402
 from tests.servers.samba import SambaDC, samba_unavailable, start_samba_dc  # noqa: E402
 from tests.servers.slapd import SlapdFactory, SlapdServer, Suffix, start_slapd  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's log folder ($GHT_TEST_LOG_DIR, inherited by every process the tests start): the
+    gateways' logs, `ght`'s standard error, and this process's own log records (INFO and up) go there;
+    tests/test_zz_log_secrets.py scans it for the registered secrets (tests/servers/logscan.py)."""
+    directory = Path(os.environ.get(LOG_DIR_ENV) or tmp_path_factory.mktemp("logs"))
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ[LOG_DIR_ENV] = str(directory)
+    handler = logging.FileHandler(directory / f"pytest-{os.getpid()}.log", encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    # As `ght` and the gateway log them (directory_sync/logs.py): httpx's request lines (full URLs,
+    # here mostly the tests' own client's) only from WARNING up.
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith(QUIET_LOGGERS))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    if level == logging.NOTSET or level > logging.INFO:
+        root.setLevel(logging.INFO)
+    yield directory
+    root.removeHandler(handler)
+    root.setLevel(level)
+    handler.close()
+
+
+@pytest.fixture(scope="session")
+def secrets_registry() -> SecretsRegistry:
+    """`secrets_registry.add(value)`: a secret a test used, never to be found in any log."""
+    return SECRETS
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.servers.logscan import record_cli
 from tests.test_azure_support import SECRET, SECRET_ENV, World, azure_world, small_ght
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ght(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The console script's code (`cli.main`) in a fresh process, as IT staff run it."""
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-c", "import cli; cli.main()", *args],
         cwd=cwd,
         capture_output=True,
@@ -30,6 +31,8 @@ def ght(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         timeout=120,
     )
+    record_cli(args, done.stderr)  # kept with the logs the suite scans for secrets
+    return done
 
 
 @pytest.fixture

@@ -24,9 +24,11 @@ from directory_sync.store.models import ExportState, ExportStatus
 from directory_sync.sync import run_sync
 from tests.hospitals import person, rpps, suffix_ldif, write_site
 from tests.servers.graph_fake import FakeApp, GraphFake
+from tests.servers.logscan import SECRETS
 
 SECRET_ENV = "GHT_TEST_AZURE_SECRET"
 SECRET = "s3cr3t~Value.From-The-Portal"
+SECRETS.add(SECRET)  # never to be found in a log (tests/test_zz_log_secrets.py)
 CLIENT_ID = "5b1e0c2a-ght-export"
 DOMAIN = "ght-test.fr"
 SITES = ("ch-orange", "ch-valreas", "ch-apt")

@@ -26,6 +26,7 @@ from directory_sync.store import Account, Person, Store, open_store
 from directory_sync.sync import run_sync
 from sso_gateway import Gateway
 from sso_gateway.keys import KeyStore
+from tests.servers.logscan import record_cli
 from tests.servers.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +116,7 @@ def _backup_and_restore(database_url: str, tmp_path: Path, request: pytest.Fixtu
 def _ght(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GHT_DATABASE_URL": database_url}
     env.pop("GHT_CONFIG", None)
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-c", "import cli; cli.main()", "--config", str(DEMO_CONFIG), *args],
         capture_output=True,
         text=True,
@@ -124,6 +125,8 @@ def _ght(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         check=False,
     )
+    record_cli(args, done.stderr)  # its log lines, scanned for secrets (tests/test_zz_log_secrets.py)
+    return done
 
 
 def test_backup_restores_people_links_and_keys(

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 
 from tests.hospitals import person, rpps, suffix_ldif, write_config, write_site
+from tests.servers.logscan import record_cli
 
 DOCTOR_RPPS = rpps(7)
 
 
 def ght(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the installed console script's code (`cli.main`) in a fresh process."""
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-c", "import cli; cli.main()", *args],
         cwd=cwd,
         capture_output=True,
@@ -26,6 +27,8 @@ def ght(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})},
         timeout=120,
     )
+    record_cli(args, done.stderr)  # kept with the logs the suite scans for secrets
+    return done
 
 
 def ok_json(*args: str, cwd: Path) -> Any:

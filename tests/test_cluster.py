@@ -46,6 +46,7 @@ from tests.servers.gateway import (
     ght,
     pkce_pair,
     redirect_params,
+    register_tokens,
     seed_directory,
     write_config,
 )
@@ -192,7 +193,7 @@ def sign_in(http: httpx.Client, base: str, client_id: str, secret: str) -> dict[
         )
     )  # fmt: skip
     assert tokens.status_code == 200, tokens.text
-    return dict(tokens.json())
+    return dict(register_tokens(tokens).json())  # secrets the log scan looks for
 
 
 @dataclass

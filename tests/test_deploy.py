@@ -308,7 +308,7 @@ def test_no_secret_is_inlined(rendered: list[dict[str, Any]]) -> None:
             if "secret" in volume:
                 referenced.add(volume["secret"]["secretName"])
     # Exactly the Secrets that deploy/kubernetes/base/kustomization.yaml tells operators to create.
-    assert referenced == {"ght-database", "ght-gateway", "ght-bind-passwords"}
+    assert referenced == {"ght-database", "ght-gateway", "ght-bind-passwords", "ght-metrics"}
     instructions = (KUBE / "base" / "kustomization.yaml").read_text()
     for name in referenced:
         assert f"create secret generic {name}" in instructions

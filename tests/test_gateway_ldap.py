@@ -93,7 +93,11 @@ def directories(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directorie
         doctor = session.query(Person).filter(Person.rpps == DOCTOR_RPPS).one()
     gateway = Gateway(settings, store)
     try:
-        with TestClient(create_app(gateway), base_url=ISSUER, follow_redirects=False) as http:
+        # From the loopback: an internal network (`internal_networks`), where a password alone may do.
+        loopback = ("127.0.0.1", 50000)
+        with TestClient(
+            create_app(gateway), base_url=ISSUER, follow_redirects=False, client=loopback
+        ) as http:
             yield Directories(servers, gateway, http, doctor.id)
     finally:
         for server in servers.values():

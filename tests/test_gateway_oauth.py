@@ -28,7 +28,8 @@ from directory_sync.config import GatewaySettings, SecretRef, Settings
 from directory_sync.store import AuditEvent, open_store
 from sso_gateway import Gateway
 from sso_gateway.local_credentials import set_password
-from sso_gateway.models import BackchannelDelivery, BrowserSession, LoginThrottle
+from sso_gateway.models import BackchannelDelivery, BrowserSession, IssuedToken, LoginThrottle
+from sso_gateway.sessions import digest
 from sso_gateway.web.app import create_app
 from tests.servers.gateway import (
     PASSWORD,
@@ -38,6 +39,7 @@ from tests.servers.gateway import (
     form_fields,
     pkce_pair,
     redirect_params,
+    register_tokens,
     seed_directory,
 )
 
@@ -81,7 +83,9 @@ def module_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             set_password(session, clinician.id, PASSWORD)
         session.commit()
     gateway = Gateway(settings, store)
-    with TestClient(create_app(gateway), base_url=ISSUER, follow_redirects=False) as http:
+    # From the loopback: an internal network (`internal_networks`), where a password alone may do.
+    loopback = ("127.0.0.1", 50000)
+    with TestClient(create_app(gateway), base_url=ISSUER, follow_redirects=False, client=loopback) as http:
         yield Env(gateway, http, people)
 
 
@@ -133,7 +137,7 @@ def redeem(env: Env, client_id: str, secret: str | None, code: str, verifier: st
     auth = (client_id, secret) if secret else None
     if secret is None:
         data["client_id"] = client_id
-    return env.http.post("/token", data=data, auth=auth)  # type: ignore[arg-type]
+    return register_tokens(env.http.post("/token", data=data, auth=auth))  # type: ignore[arg-type]
 
 
 def jwks(env: Env) -> KeySet:
@@ -442,6 +446,41 @@ def test_userinfo_accepts_only_live_access_tokens(env: Env) -> None:
     env.http.post("/revoke", data={"token": tokens["access_token"]}, auth=(client_id, secret))
     revoked = userinfo(tokens["access_token"])
     assert revoked.status_code == 401 and "invalid_token" in revoked.headers["www-authenticate"]
+
+
+def test_client_credentials_tokens_are_not_written_yet_introspected_and_revoked(env: Env) -> None:
+    service, secret = add_client(env, name="Labo", redirect_uris=[], grant_types=["client_credentials"])
+    other, other_secret = add_client(
+        env, name="Facturation", redirect_uris=[], grant_types=["client_credentials"]
+    )
+    answer = env.http.post("/token", data={"grant_type": "client_credentials"}, auth=(service, secret or ""))
+    token = answer.json()["access_token"]
+    with env.gateway.store.session() as session:
+        assert session.get(IssuedToken, digest(token)) is None  # no write per client-credentials grant
+    active = introspect(env, service, secret, token)
+    assert active["active"] is True and active["sub"] == active["client_id"] == service
+    assert introspect(env, other, other_secret, token) == {"active": False}
+    # Signed with a key that is not ours, under our kid: not a token of ours, written or not.
+    kid = jwt.decode(token, jwks(env), algorithms=["RS256"]).header["kid"]
+    forged = jwt.encode(
+        {"alg": "RS256", "typ": "at+jwt", "kid": kid},
+        jwt.decode(token, jwks(env), algorithms=["RS256"]).claims,
+        RSAKey.generate_key(2048, private=True),
+    )
+    assert introspect(env, service, secret, forged) == {"active": False}
+    for _ in range(2):  # revoking twice is harmless
+        revoked = env.http.post("/revoke", data={"token": token}, auth=(service, secret or ""))
+        assert revoked.status_code == 200
+    assert introspect(env, service, secret, token) == {"active": False}
+    with env.gateway.store.session() as session:
+        row = session.get(IssuedToken, digest(token))
+        assert row is not None and row.revoked_at is not None  # the revocation list, read by every process
+    # A secret rotated by this process stops working at once (other processes: CLIENT_CACHE_SECONDS).
+    rotated = env.gateway.clients.rotate_secret(service).secret
+    old = env.http.post("/token", data={"grant_type": "client_credentials"}, auth=(service, secret or ""))
+    assert old.status_code == 401
+    new = env.http.post("/token", data={"grant_type": "client_credentials"}, auth=(service, rotated or ""))
+    assert new.status_code == 200
 
 
 def test_a_client_cannot_introspect_another_clients_token(env: Env) -> None:

@@ -11,10 +11,11 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.rpinitiated import EndSessionEndpoint
 from joserfc.jwk import KeySet
+from sqlalchemy.exc import IntegrityError
 
 from ..models import IssuedToken
 from .grants import AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS
-from .tokens import ACCESS, REFRESH, TokenView, epoch, find_token, revoke_grants
+from .tokens import ACCESS, REFRESH, TokenView, epoch, revoke_grants
 
 if TYPE_CHECKING:
     from .server import GatewayAuthorizationServer
@@ -31,8 +32,9 @@ class TokenIntrospection(IntrospectionEndpoint):
     CLIENT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> TokenView | None:
-        with _gateway(self).store.session() as session:
-            return find_token(session, token_string)
+        gateway = _gateway(self)
+        with gateway.store.session() as session:
+            return gateway.find_token(session, token_string)
 
     def check_permission(self, token: TokenView, client: Any, request: Any) -> bool:
         return token.check_client(client)
@@ -67,8 +69,9 @@ class TokenRevocation(RevocationEndpoint):
     CLIENT_AUTH_METHODS = AUTH_METHODS
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> TokenView | None:
-        with _gateway(self).store.session() as session:
-            return find_token(session, token_string)
+        gateway = _gateway(self)
+        with gateway.store.session() as session:
+            return gateway.find_token(session, token_string)
 
     def revoke_token(self, token: TokenView, request: Any) -> None:
         from directory_sync.store import utcnow
@@ -77,10 +80,16 @@ class TokenRevocation(RevocationEndpoint):
             if token.record.kind == REFRESH and token.record.grant_id:
                 revoke_grants(session, grant_id=token.record.grant_id, reason="revoked_by_client")
             record = session.get(IssuedToken, token.record.token_hash)
-            if record is not None and record.revoked_at is None:
+            if record is None:  # a client's own access token, never recorded: recorded now, as revoked
+                record = token.record
+                session.add(record)
+            if record.revoked_at is None:
                 record.revoked_at = utcnow()
                 session.add(record)
-            session.commit()
+            try:
+                session.commit()
+            except IntegrityError:  # revoked at the same moment by another request: revoked all the same
+                session.rollback()
 
 
 class UserInfo(Endpoint):

@@ -2,6 +2,9 @@
 
 - Authorization code (+ OpenID Connect): codes are single use, claimed atomically; a second use revokes
   everything the first one issued (RFC 6749 §4.1.2, RFC 9700 §4.5).
+- One database session per token request (`server.db`): the code or refresh token is read first, and
+  claimed (`UPDATE ... WHERE used_at/rotated_at IS NULL`) in the same transaction that records the new
+  tokens (`save_token`), so that a grant is one short write; a claim lost to a concurrent use is a reuse.
 - PKCE: S256 only, required for every client unless its registration says otherwise (public clients
   always); a `code_challenge_method` must be given (no silent `plain` downgrade); a verifier without
   a challenge is refused (RFC 9700 §4.8.2).
@@ -18,27 +21,53 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from authlib.oauth2.rfc6749 import InvalidRequestError, grants
+from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, grants
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode
 from joserfc.jwk import KeySet
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from directory_sync.store import Person, PersonStatus, utcnow
+from directory_sync.store import Person, PersonStatus, sa_table, utcnow
 
 from ..audit import record_event
 from ..models import AuthorizationCode, ClientAssertionUse, Grant, IssuedToken
 from ..sessions import add_session_client, aware, digest
-from .tokens import REFRESH, AuthenticatedUser, TokenView, epoch, find_token, revoke_grants
+from .tokens import (
+    REFRESH,
+    AuthenticatedUser,
+    TokenView,
+    epoch,
+    find_token,
+    record_tokens,
+    revoke_grants,
+)
 
 if TYPE_CHECKING:
     from .server import GatewayAuthorizationServer
 
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+
+_codes, _tokens = sa_table(AuthorizationCode), sa_table(IssuedToken)
+#: The claims (first use only), as Core statements built once (no ORM bulk-update bookkeeping).
+_CLAIM_CODE = (
+    update(_codes)
+    .where(_codes.c.code_hash == bindparam("digest"), _codes.c.used_at.is_(None))
+    .values(used_at=bindparam("now"))
+)
+_CLAIM_REFRESH = (
+    update(_tokens)
+    .where(
+        _tokens.c.token_hash == bindparam("digest"),
+        _tokens.c.rotated_at.is_(None),
+        _tokens.c.revoked_at.is_(None),
+    )
+    .values(rotated_at=bindparam("now"))
+)
 
 
 def _server(grant: grants.BaseGrant) -> GatewayAuthorizationServer:
@@ -68,19 +97,24 @@ class CodeView:
         return epoch(self.grant.auth_time)
 
     def get_acr(self) -> str | None:
-        return None
+        return self.grant.acr
 
     def get_amr(self) -> list[str] | None:
         return list(self.grant.amr) or None
 
 
-def _active_user(server: GatewayAuthorizationServer, grant: Grant | None) -> AuthenticatedUser | None:
-    """The grant's person, if the grant stands and the person may still sign in."""
+def _active_user(
+    server: GatewayAuthorizationServer, grant: Grant | None, request: Any = None, status: Any = None
+) -> AuthenticatedUser | None:
+    """The grant's person, if the grant stands and the person may still sign in (`status`: the
+    person's, when the caller read it with the grant in the same transaction)."""
     if grant is None or grant.revoked_at is not None or grant.person_id is None:
         return None
-    with server.store.session() as session:
-        person = session.get(Person, grant.person_id)
-    if person is None or person.status != PersonStatus.ACTIVE:
+    if status is None:
+        with server.db(request) as session:
+            query = select(col(Person.status)).where(col(Person.id) == grant.person_id)
+            status = session.execute(query).scalar()
+    if status not in (PersonStatus.ACTIVE, PersonStatus.EXTERNAL):  # external: sso_gateway/upstream.py
         return None
     return AuthenticatedUser(
         person_id=grant.person_id,
@@ -89,6 +123,7 @@ def _active_user(server: GatewayAuthorizationServer, grant: Grant | None) -> Aut
         amr=list(grant.amr),
         current_site=grant.current_site,
         grant_id=grant.id,
+        acr=grant.acr,
     )
 
 
@@ -110,6 +145,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             current_site=user.current_site,
             auth_time=now - timedelta(seconds=time.time() - user.auth_time) if user.auth_time else now,
             amr=user.amr,
+            acr=user.acr,
         )
         record = AuthorizationCode(
             code_hash=digest(code),
@@ -131,43 +167,55 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             session.commit()
 
     def query_authorization_code(self, code: str, client: Any) -> CodeView | None:
-        """Claim the code (first use only). A second use revokes the grant and what it issued."""
+        """The code, if unused (claimed in `save_token`). A second use revokes the grant and its tokens."""
         server = _server(self)
-        code_hash = digest(code)
         now = utcnow()
-        with server.store.session() as session:
-            record = session.get(AuthorizationCode, code_hash)
-            if record is None or record.client_id != client.client_id:
+        with server.db(self.request) as session:
+            row = session.execute(
+                select(AuthorizationCode, Grant)
+                .outerjoin(Grant, col(Grant.id) == col(AuthorizationCode.grant_id))
+                .where(col(AuthorizationCode.code_hash) == digest(code))
+            ).first()
+            if row is None or row[0].client_id != client.client_id:
                 return None
-            claimed = session.execute(
-                update(AuthorizationCode)
-                .where(
-                    col(AuthorizationCode.code_hash) == code_hash, col(AuthorizationCode.used_at).is_(None)
-                )
-                .values(used_at=now)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                revoked = revoke_grants(session, grant_id=record.grant_id, reason="code_reuse")
-                record_event(
-                    session,
-                    "code_reuse",
-                    client_id=client.client_id,
-                    address=getattr(self.request, "address", None),
-                    revoked_grants=len(revoked),
-                )
-                session.commit()
+            record, grant = row
+            if record.used_at is not None:
+                self._reused(session, record.grant_id, client.client_id)
                 return None
-            session.commit()
-            grant = session.get(Grant, record.grant_id)
         if grant is None or aware(record.expires_at) <= now:
             return None
         return CodeView(record, grant)
+
+    def _reused(self, session: Any, grant_id: str, client_id: str) -> None:
+        revoked = revoke_grants(session, grant_id=grant_id, reason="code_reuse")
+        record_event(
+            session,
+            "code_reuse",
+            client_id=client_id,
+            address=getattr(self.request, "address", None),
+            revoked_grants=len(revoked),
+        )
+        session.commit()
+
+    def save_token(self, token: dict[str, Any]) -> None:
+        """Claim the code (first use only) and record the tokens, in one transaction."""
+        server = _server(self)
+        code: CodeView = self.request.authorization_code
+        with server.db(self.request) as session:
+            claimed = session.execute(_CLAIM_CODE, {"digest": code.record.code_hash, "now": utcnow()})
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                # Redeemed meanwhile by another request: a reuse like any other.
+                self._reused(session, code.record.grant_id, code.record.client_id)
+                raise InvalidGrantError("the authorization code was already used")
+            record_tokens(session, server.settings, token, self.request)
+            session.commit()
+        super().save_token(token)
 
     def delete_authorization_code(self, authorization_code: CodeView) -> None:
         """Nothing to do: the code was marked used when claimed, and is kept to detect reuse."""
 
     def authenticate_user(self, authorization_code: CodeView) -> AuthenticatedUser | None:
-        return _active_user(_server(self), authorization_code.grant)
+        return _active_user(_server(self), authorization_code.grant, self.request)
 
 
 class S256CodeChallenge(CodeChallenge):
@@ -240,43 +288,46 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str) -> TokenView | None:
-        """The stored refresh token, claimed for this one use. A reused token revokes its grant."""
+        """The stored refresh token, if unused (claimed in `save_token`). A reused one revokes its grant."""
         server = _server(self)
-        now = utcnow()
-        with server.store.session() as session:
+        with server.db(self.request) as session:
             view = find_token(session, refresh_token, REFRESH)
-            if view is None:
+            if view is None or view.record.revoked_at is not None or view.is_expired():
                 return None
-            if view.record.revoked_at is not None or view.is_expired():
+            if view.record.rotated_at is not None:
+                self._reused(session, view)
                 return None
-            claimed = session.execute(
-                update(IssuedToken)
-                .where(
-                    col(IssuedToken.token_hash) == view.record.token_hash,
-                    col(IssuedToken.rotated_at).is_(None),
-                    col(IssuedToken.revoked_at).is_(None),
-                )
-                .values(rotated_at=now)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                if view.record.grant_id:
-                    revoke_grants(session, grant_id=view.record.grant_id, reason="refresh_token_reuse")
-                record_event(
-                    session,
-                    "refresh_token_reuse",
-                    client_id=view.record.client_id,
-                    person_id=view.record.person_id,
-                    address=getattr(self.request, "address", None),
-                )
-                session.commit()
-                return None
-            session.commit()
         if view.grant is not None and view.grant.revoked_at is not None:
             return None
         return view
 
+    def _reused(self, session: Any, view: TokenView) -> None:
+        if view.record.grant_id:
+            revoke_grants(session, grant_id=view.record.grant_id, reason="refresh_token_reuse")
+        record_event(
+            session,
+            "refresh_token_reuse",
+            client_id=view.record.client_id,
+            person_id=view.record.person_id,
+            address=getattr(self.request, "address", None),
+        )
+        session.commit()
+
+    def save_token(self, token: dict[str, Any]) -> None:
+        """Claim the old refresh token (first use only) and record the new tokens, in one transaction."""
+        server = _server(self)
+        old: TokenView = self.request.refresh_token
+        with server.db(self.request) as session:
+            claimed = session.execute(_CLAIM_REFRESH, {"digest": old.record.token_hash, "now": utcnow()})
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                self._reused(session, old)  # used meanwhile by another request, or revoked
+                raise InvalidGrantError("the refresh token was already used")
+            record_tokens(session, server.settings, token, self.request)
+            session.commit()
+        super().save_token(token)
+
     def authenticate_user(self, refresh_token: TokenView) -> AuthenticatedUser | None:
-        return _active_user(_server(self), refresh_token.grant)
+        return _active_user(_server(self), refresh_token.grant, self.request, refresh_token.person_status)
 
     def revoke_old_credential(self, refresh_token: TokenView) -> None:
         """Nothing to do: the old token was marked rotated when claimed, and is kept to detect reuse."""

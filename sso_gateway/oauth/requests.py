@@ -53,6 +53,9 @@ class GatewayRequest(OAuth2Request):
         self.address = address
         #: The browser session, when the adapter found one (end_session uses it).
         self.browser_session: Any = None
+        #: The database session of a token request (`GatewayAuthorizationServer.db`), while it runs.
+        self.db: Any = None
+        self.db_scope = False
 
     @property
     def args(self) -> dict[str, str]:

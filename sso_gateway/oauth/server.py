@@ -7,8 +7,13 @@ Starlette requests into `GatewayRequest`s and `OAuthResponse`s back into Starlet
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import unquote
 
 from authlib.oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import JsonRequest, OAuth2Error
@@ -16,11 +21,13 @@ from authlib.oauth2.rfc9207 import IssuerParameter
 from joserfc import jwt
 from joserfc.errors import JoseError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from directory_sync.config import GatewaySettings
 from directory_sync.store import Person, PersonStatus, Store
 
+from .. import assurance
 from ..claims import ClaimsBuilder
 from ..clients import SCOPES, Client
 from ..keys import KeyStore
@@ -35,9 +42,14 @@ from .grants import (
     S256CodeChallenge,
 )
 from .requests import GatewayRequest, OAuthResponse
-from .tokens import ACCESS, AuthenticatedUser, TokenFactory, TokenView, find_token, save_tokens
+from .tokens import ACCESS, AuthenticatedUser, TokenFactory, TokenView, client_token_view, find_token
 
 ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+#: How long a process trusts the client registration it read (secret digest, grants, redirect URIs).
+#: `ght clients rotate-secret` / `remove` run in another process: every serving process stops accepting
+#: the old secret or the removed client within this bound (tests/test_gateway_serve.py). A client
+#: unknown to a process is looked up every time (no negative cache), so a new client works at once.
+CLIENT_CACHE_SECONDS = 5.0
 
 
 class _Issuer(IssuerParameter):
@@ -78,16 +90,85 @@ class GatewayAuthorizationServer(AuthorizationServer):
         self.register_endpoint(TokenRevocation)
         self.register_endpoint(UserInfo)
         self.register_endpoint(EndSession)
+        self._clients: dict[str, tuple[float, GatewayClient]] = {}
+        self._clients_lock = threading.Lock()
 
     # -- the methods Authlib asks an integration for -------------------------------------------------
 
     def query_client(self, client_id: str) -> Client | None:
+        """The client, read at most every CLIENT_CACHE_SECONDS per process (see there)."""
+        now = time.monotonic()
+        cached = self._clients.get(client_id)
+        if cached is not None and now - cached[0] < CLIENT_CACHE_SECONDS:
+            return Client(cached[1])
         with self.store.session() as session:
             record = session.get(GatewayClient, client_id)
+        with self._clients_lock:
+            if record is None:
+                self._clients.pop(client_id, None)
+            else:
+                if len(self._clients) > 10_000:  # client ids come from requests: bound the memory
+                    self._clients.clear()
+                self._clients[client_id] = (now, record)
         return Client(record) if record is not None else None
 
+    def forget_clients(self) -> None:
+        """Drop the cached registrations (after this process changed one itself)."""
+        with self._clients_lock:
+            self._clients.clear()
+
+    def answers_without_database(self, request: GatewayRequest) -> bool:
+        """True for a client-credentials request whose answer needs no database: the client (found by
+        its Basic credentials or `client_id`) and the signing key are cached in this process, and it
+        authenticates with a secret (private_key_jwt records the assertion's `jti`). The web adapter then
+        answers it on the event loop instead of a worker thread (no thread hop: about a third of the
+        grant's cost under load)."""
+        form = request.form
+        if form.get("grant_type") != "client_credentials" or "client_assertion" in form:
+            return False
+        client_id = form.get("client_id")
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                client_id = unquote(base64.b64decode(credentials, validate=True).decode().partition(":")[0])
+            except (ValueError, UnicodeDecodeError):
+                return False
+        cached = self._clients.get(client_id or "")
+        return (
+            cached is not None and time.monotonic() - cached[0] < CLIENT_CACHE_SECONDS and self.keys.fresh()
+        )
+
+    @contextmanager
+    def db(self, request: Any = None) -> Iterator[Session]:
+        """The token request's database session (opened at first use, one for the whole request),
+        else a session of its own."""
+        if request is not None and getattr(request, "db_scope", False):
+            if request.db is None:
+                request.db = Session(self.store.engine, expire_on_commit=False)
+            yield request.db
+            return
+        with self.store.session() as own:
+            yield own
+
+    def create_token_response(self, request: Any = None) -> Any:
+        """Authlib's token endpoint, with every read and write of the request on one session.
+
+        The grants' hooks (`query_authorization_code`, `authenticate_refresh_token`, `authenticate_user`,
+        `save_token`) all use `db(request)`; `save_token` claims the code or refresh token and records
+        the new tokens in one transaction (grants.py). A client-credentials grant opens none.
+        """
+        oauth_request = self.create_oauth2_request(request)
+        oauth_request.db_scope = True
+        try:
+            return super().create_token_response(oauth_request)
+        finally:
+            if oauth_request.db is not None:
+                oauth_request.db.close()
+            oauth_request.db = None
+            oauth_request.db_scope = False
+
     def save_token(self, token: dict[str, Any], request: Any) -> None:
-        save_tokens(self.store, self.settings, token, request)
+        """Nothing to write for a client's own token (tokens.py); the grants record a person's tokens."""
 
     def create_oauth2_request(self, request: Any) -> GatewayRequest:
         if isinstance(request, GatewayRequest):
@@ -111,12 +192,13 @@ class GatewayAuthorizationServer(AuthorizationServer):
         self.issuer_parameter.add_issuer_parameter(self, response)
         return response
 
-    def user_claims(self, user: AuthenticatedUser, scope: str) -> dict[str, Any]:
-        with self.store.session() as session:
+    def user_claims(self, user: AuthenticatedUser, scope: str, request: Any = None) -> dict[str, Any]:
+        with self.db(request) as session:
             return self.claims.claims(session, user.person_id, set(scope.split()), user.current_site)
 
-    def validate_access_token(self, token: str) -> TokenView | None:
-        """A live access token of ours: our signature and algorithm, `at+jwt`, our issuer, not revoked."""
+    def access_token_claims(self, token: str) -> dict[str, Any] | None:
+        """The claims of an access token of ours: our signature and algorithm, `at+jwt`, our issuer,
+        not expired. Says nothing of revocation (`find_token`)."""
         try:
             decoded = jwt.decode(token, self.keys.verification_keys(), algorithms=self.keys.algorithms)
             registry = jwt.JWTClaimsRegistry(
@@ -127,8 +209,23 @@ class GatewayAuthorizationServer(AuthorizationServer):
             return None
         if str(decoded.header.get("typ", "")).lower() not in ACCESS_TOKEN_TYPES:
             return None  # an ID token or a logout token is not an access token
+        return dict(decoded.claims)
+
+    def find_token(self, session: Session, token: str, kind: str | None = None) -> TokenView | None:
+        """A recorded token, or else a client-credentials access token of ours, never recorded unless
+        revoked (tokens.py): then its revoked row is what this finds."""
+        view = find_token(session, token, kind)
+        if view is None and kind in (None, ACCESS) and token.count(".") == 2:
+            claims = self.access_token_claims(token)
+            view = client_token_view(token, claims) if claims is not None else None
+        return view
+
+    def validate_access_token(self, token: str) -> TokenView | None:
+        """A live access token of ours: signed by us, `at+jwt`, our issuer, not expired nor revoked."""
+        if self.access_token_claims(token) is None:
+            return None
         with self.store.session() as session:
-            view = find_token(session, token, ACCESS)
+            view = self.find_token(session, token, ACCESS)
         if view is None or view.is_expired() or view.is_revoked():
             return None
         return view
@@ -139,7 +236,7 @@ class GatewayAuthorizationServer(AuthorizationServer):
             return None
         with self.store.session() as session:
             person = session.get(Person, record.person_id)
-        if person is None or person.status != PersonStatus.ACTIVE:
+        if person is None or person.status not in (PersonStatus.ACTIVE, PersonStatus.EXTERNAL):
             return None
         grant = view.grant
         return AuthenticatedUser(
@@ -195,6 +292,7 @@ class GatewayAuthorizationServer(AuthorizationServer):
                 "none",
             ],
             "code_challenge_methods_supported": ["S256"],
+            "acr_values_supported": assurance.known(self.settings),
             "claims_supported": [
                 "sub",
                 "iss",
@@ -203,6 +301,7 @@ class GatewayAuthorizationServer(AuthorizationServer):
                 "iat",
                 "auth_time",
                 "nonce",
+                "acr",
                 "amr",
                 "sid",
                 "name",

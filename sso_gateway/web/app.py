@@ -16,10 +16,11 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import anyio.to_thread
 from authlib.oauth2.rfc6749 import OAuth2Error
+from authlib.oidc.core.errors import InteractionRequiredError
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -27,17 +28,39 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from directory_sync.config import load_settings
-from directory_sync.store import Affiliation, Site
+from directory_sync.store import Affiliation, Person, Site
 
+from .. import assurance, mfa
+from ..audit import record_event
 from ..gateway import SERVE_THREADS, Gateway, serving_store
+from ..metrics import (
+    CONTENT_TYPE,
+    TOKENS_ISSUED,
+    MetricsAccess,
+    exposition,
+    scrape_registry,
+    worker_exit,
+)
 from ..models import BrowserSession, PendingAuthorization, SiteChoice
 from ..oauth import AuthenticatedUser, GatewayRequest, OAuthResponse
 from ..oauth.tokens import epoch
 from ..sessions import digest
 from .i18n import MESSAGES, pick_locale
+from .observe import ObserveMiddleware
 
 log = logging.getLogger("sso_gateway.web")
 HERE = Path(__file__).parent
+#: What the person reads when an upstream sign-in is refused (i18n key, HTTP status), by audit reason.
+UPSTREAM_MESSAGES = {
+    "no_person": ("upstream_no_person", 403),
+    "no_national_id": ("upstream_no_person", 403),
+    "ambiguous": ("upstream_no_person", 403),
+    "person_not_active": ("upstream_no_person", 403),
+    "tenant_mismatch": ("upstream_no_person", 403),
+    "external_client_not_allowed": ("upstream_external_refused", 403),
+    "upstream_error": ("upstream_cancelled", 400),
+    "upstream_unavailable": ("upstream_unavailable", 502),
+}
 SESSION_COOKIE = "ght_session"
 BROWSER_COOKIE = "ght_browser"
 LANG_COOKIE = "ght_lang"
@@ -49,6 +72,11 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+#: The pages that run a WebAuthn ceremony load one script, /static/webauthn.js (nothing inline).
+SCRIPT_PAGE_HEADERS = {
+    **PAGE_HEADERS,
+    "Content-Security-Policy": PAGE_HEADERS["Content-Security-Policy"] + "; script-src 'self'",
+}
 
 
 def _address(request: Request) -> str:
@@ -58,7 +86,10 @@ def _address(request: Request) -> str:
 async def oauth_request(request: Request, gateway: Gateway) -> GatewayRequest:
     """The core's view of an HTTP request; its URI is built on the configured issuer."""
     form: list[tuple[str, str]] = []
-    if request.method == "POST":
+    if request.method == "POST" and _urlencoded(request):
+        # What OAuth clients send (RFC 6749 §4.1.3): parsed directly, a tenth of the multipart parser's cost.
+        form = parse_qsl((await request.body()).decode("latin-1"), keep_blank_values=True)
+    elif request.method == "POST":
         data = await request.form()
         form = [(k, v) for k, v in data.multi_items() if isinstance(v, str)]
     query = list(request.query_params.multi_items())
@@ -66,6 +97,11 @@ async def oauth_request(request: Request, gateway: Gateway) -> GatewayRequest:
     return GatewayRequest(
         request.method, uri, request.headers, query=query, form=form, address=_address(request)
     )
+
+
+def _urlencoded(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").partition(";")[0]
+    return media_type.strip().lower() == "application/x-www-form-urlencoded"
 
 
 def to_response(result: OAuthResponse | None) -> Response:
@@ -96,7 +132,14 @@ class Pages:
         )
 
     def render(
-        self, request: Request, name: str, lang: str, status: int = 200, **context: Any
+        self,
+        request: Request,
+        name: str,
+        lang: str,
+        status: int = 200,
+        *,
+        scripts: bool = False,
+        **context: Any,
     ) -> HTMLResponse:
         other = "en" if lang == "fr" else "fr"
         query = {k: v for k, v in request.query_params.items() if k != "lang"}
@@ -106,7 +149,7 @@ class Pages:
             name,
             {"lang": lang, "t": MESSAGES[lang], "switch_url": switch_url, **context},
             status_code=status,
-            headers=PAGE_HEADERS,
+            headers=SCRIPT_PAGE_HEADERS if scripts else PAGE_HEADERS,
         )
         if request.query_params.get("lang") in MESSAGES:
             response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="lax", httponly=True)
@@ -152,12 +195,16 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
         task = asyncio.create_task(deliver_logouts())
         yield
         task.cancel()
+        worker_exit()
 
     app = FastAPI(
         title="GHT OIDC gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.state.gateway = gateway
+    app.add_middleware(ObserveMiddleware)  # request id and request metrics (web/observe.py)
+    metrics_access = MetricsAccess(gateway.config, str(gateway.settings.config_file or "ght.toml"))
+    metrics_registry = scrape_registry(gateway.settings, gateway.store)
 
     def set_cookie(response: Response, name: str, value: str, max_age: int | None = None) -> None:
         response.set_cookie(
@@ -200,12 +247,26 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
         ok, detail = gateway.ready()
         return JSONResponse({"status": "ready" if ok else "not ready", "detail": detail}, 200 if ok else 503)
 
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (sso_gateway/metrics.py), for the allowed networks or the bearer token."""
+        if not metrics_access.allows(_address(request), request.headers.get("authorization")):
+            return PlainTextResponse("forbidden\n", status_code=403, headers={"Cache-Control": "no-store"})
+        body = await run_in_threadpool(exposition, metrics_registry)  # reads the database
+        return Response(body, media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
     # -- token, userinfo, introspection, revocation --------------------------------------------------
 
     @app.post("/token")
     async def token(request: Request) -> Response:
         oreq = await oauth_request(request, gateway)
-        return to_response(await run_in_threadpool(server.create_token_response, oreq))
+        if server.answers_without_database(oreq):  # client credentials, client and key cached: CPU only
+            result = server.create_token_response(oreq)
+        else:
+            result = await run_in_threadpool(server.create_token_response, oreq)
+        if result is not None and result.status == 200:  # a grant type the server knows: bounded labels
+            TOKENS_ISSUED.labels(oreq.form.get("grant_type", "")).inc()
+        return to_response(result)
 
     @app.api_route("/userinfo", methods=["GET", "POST"])
     async def userinfo(request: Request) -> Response:
@@ -227,6 +288,25 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
     def client_name(params: dict[str, str]) -> str | None:
         client = server.query_client(params.get("client_id", "")) if params.get("client_id") else None
         return client.record.name if client else None
+
+    def required_level(params: dict[str, str], address: str) -> str:
+        """The `acr` a sign-in must reach: the client's minimum, its `acr_values`, the network's rule."""
+        client = server.query_client(params["client_id"]) if params.get("client_id") else None
+        return assurance.required_acr(
+            gateway.config,
+            address=address,
+            client_minimum=client.record.min_acr if client else None,
+            acr_values=params.get("acr_values"),
+        )
+
+    def second_factor_notice(params: dict[str, str], address: str) -> str:
+        """Which sentence of the login page says whether a second factor will follow the password."""
+        if not assurance.is_internal(address, gateway.config):
+            return "means_second_external"
+        lowest = gateway.config.assurance_levels[0].acr
+        if required_level(params, address) == lowest:
+            return "means_second_internal"
+        return "means_second_required"
 
     def authorize_request(params: dict[str, str], address: str) -> GatewayRequest:
         query = list(params.items())
@@ -274,6 +354,16 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
         if user is None:
             pending = pending or gateway.save_pending(params, browser)
             return RedirectResponse(f"/login?{urlencode({'request': pending.id})}", status_code=303)
+        if not assurance.satisfies(user.acr, required_level(params, _address(request)), gateway.config):
+            if "none" in prompt:  # the level needs the person: say so to the application
+                too_low = InteractionRequiredError(
+                    description="the session's level of assurance is below what is required",
+                    state=params.get("state"),
+                    redirect_uri=getattr(grant, "redirect_uri", None),
+                )
+                return to_response(server.authorization_error(oreq, too_low))
+            pending = pending or gateway.save_pending(params, browser)
+            return RedirectResponse(f"/mfa?{urlencode({'request': pending.id})}", status_code=303)
         choices = site_choices(user.person_id)
         codes = [a.site for a, _ in choices]
         site = user.current_site if user.current_site in codes else None
@@ -297,6 +387,7 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
             auth_time=epoch(user.auth_time),
             amr=list(user.amr),
             current_site=site,
+            acr=user.acr,
         )
         result = server.create_authorization_response(oreq, grant_user=grant_user, grant=grant)
         if pending is not None:
@@ -348,6 +439,8 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 login="",
                 error=None,
                 client_name=client_name(pending.params),
+                upstream=upstream_buttons(pending),
+                second_factor=second_factor_notice(pending.params, _address(request)),
             )
 
         return with_browser_cookie(await run_in_threadpool(run), browser, new)
@@ -382,6 +475,8 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                     login=login,
                     error=message,
                     client_name=client_name(pending.params),
+                    upstream=upstream_buttons(pending),
+                    second_factor=second_factor_notice(pending.params, address),
                 )
             assert result.person is not None and browser is not None
             choices = site_choices(result.person.id)
@@ -392,10 +487,95 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                     request, authorize_request(pending.params, address), record, fresh=True, pending=pending,
                     browser=browser,
                 )  # fmt: skip
+            elif not assurance.satisfies(record.acr, required_level({}, address), gateway.config):
+                response = RedirectResponse(f"/mfa?{urlencode({'request': pending.id})}", status_code=303)
             else:
                 gateway.drop_pending(pending.id)
                 response = RedirectResponse("/site" if len(choices) > 1 else "/", status_code=303)
             set_cookie(response, SESSION_COOKIE, cookie)
+            return response
+
+        return await run_in_threadpool(run)
+
+    # -- upstream identity providers: Entra ID, Pro Sante Connect (sso_gateway/upstream.py) -------------
+
+    def upstream_buttons(pending: PendingAuthorization) -> list[tuple[str, str, str]]:
+        """(name, label, url) of each upstream provider, for the sign-in page."""
+        query = urlencode({"request": pending.id})
+        buttons = gateway.upstream.buttons()
+        return [(name, label, f"/upstream/{name}/start?{query}") for name, label in buttons]
+
+    def upstream_refusal(
+        request: Request, lang: str, label: str, failure: str, pending: PendingAuthorization | None
+    ) -> HTMLResponse:
+        t = MESSAGES[lang]
+        key, status = UPSTREAM_MESSAGES.get(failure, ("upstream_failed", 400))
+        link = {}
+        if pending is not None:
+            back = f"/login?{urlencode({'request': pending.id})}"
+            link = {"link_url": back, "link_text": t["upstream_back"]}
+        heading = t["upstream_failed_heading"].format(provider=label)
+        return pages.message(request, lang, heading, t[key].format(provider=label), status, **link)
+
+    @app.get("/upstream/{provider}/start")
+    async def upstream_start(request: Request, provider: str) -> Response:
+        browser = request.cookies.get(BROWSER_COOKIE)
+
+        def run() -> Response:
+            pending = gateway.pending(request.query_params.get("request"), browser)
+            lang = pages.locale(request, pending.params if pending else None)
+            t = MESSAGES[lang]
+            upstream = gateway.upstream.providers.get(provider)
+            if upstream is None:
+                return pages.message(request, lang, t["error_heading"], t["upstream_unknown"], 404)
+            if pending is None or browser is None:
+                return expired(request, lang)
+            try:
+                url = gateway.upstream.begin(provider, pending.id, pending.params, browser)
+            except Exception:  # discovery failed: the provider is down or misconfigured
+                log.exception("upstream provider %s: cannot start a sign-in", provider)
+                return upstream_refusal(request, lang, upstream.label, "upstream_unavailable", pending)
+            return RedirectResponse(url, status_code=303)
+
+        return await run_in_threadpool(run)
+
+    @app.get("/upstream/{provider}/callback")
+    async def upstream_callback(request: Request, provider: str) -> Response:
+        browser = request.cookies.get(BROWSER_COOKIE)
+        address = _address(request)
+
+        def run() -> Response:
+            upstream = gateway.upstream.providers.get(provider)
+            if upstream is None:
+                lang = pages.locale(request)
+                t = MESSAGES[lang]
+                return pages.message(request, lang, t["error_heading"], t["upstream_unknown"], 404)
+
+            def client_of(pending_id: str) -> str | None:
+                found = gateway.pending(pending_id, browser)
+                return found.params.get("client_id") if found else None
+
+            query = dict(request.query_params)
+            result = gateway.upstream.finish(provider, query, browser, address, client_of)
+            pending = gateway.pending(result.pending_id, browser)
+            lang = pages.locale(request, pending.params if pending else None)
+            if not result.ok or result.person_id is None:
+                return upstream_refusal(request, lang, upstream.label, result.failure or "", pending)
+            if pending is None or browser is None:
+                return expired(request, lang)
+            choices = site_choices(result.person_id)
+            site = choices[0][0].site if len(choices) == 1 else None
+            record, cookie = gateway.sessions.start(result.person_id, result.amr, site, acr=result.acr)
+            if pending.params:
+                response = continue_authorization(
+                    request, authorize_request(pending.params, address), record, fresh=True, pending=pending,
+                    browser=browser,
+                )  # fmt: skip
+            else:
+                gateway.drop_pending(pending.id)
+                response = RedirectResponse("/site" if len(choices) > 1 else "/", status_code=303)
+            if not result.external:  # an external professional gets no single sign-on (upstream.py)
+                set_cookie(response, SESSION_COOKIE, cookie)
             return response
 
         return await run_in_threadpool(run)
@@ -491,7 +671,333 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 site = db.get(Site, session.current_site) if session.current_site else None
             message = t["site_done"].format(site=site.name) if site else t["signed_in"]
             return pages.message(
-                request, lang, t["signed_in"], message, link_url="/site", link_text=t["change_site"]
+                request,
+                lang,
+                t["signed_in"],
+                message,
+                link_url="/site",
+                link_text=t["change_site"],
+                link2_url="/security",
+                link2_text=t["security_link"],
+            )
+
+        return await run_in_threadpool(run)
+
+    # -- second factors: step-up, enrolment, the person's own list (sso_gateway/mfa.py) ---------------
+
+    step_up_returns = {"home": "/", "security": "/security"}
+
+    def may_manage(live: BrowserSession, address: str, has_factors: bool) -> bool:
+        """May this session enrol or remove factors? After a second factor in it (or an upstream sign-in
+        above the lowest level); or, for a person with none yet, after a password sign-in from an
+        internal network (never from elsewhere)."""
+        if "mfa" in live.amr or (assurance.rank(live.acr, gateway.config) or 0) > 0:
+            return True
+        return not has_factors and assurance.is_internal(address, gateway.config)
+
+    def security_gate(
+        request: Request, cookie: str | None, form: Any, address: str
+    ) -> tuple[BrowserSession, str] | Response:
+        """The session and language of a security page, when the session may manage its factors (and a
+        submitted form carries its CSRF token); else the sign-in, the step-up or a refusal page."""
+        live = gateway.sessions.current(cookie)
+        lang = carried_locale(request)
+        t = MESSAGES[lang]
+        if live is None:
+            return RedirectResponse("/login", status_code=303)
+        if form is not None and not hmac.compare_digest(
+            session_csrf(cookie), str(form.get("csrf_token", ""))
+        ):
+            return pages.message(request, lang, t["error_heading"], t["error_csrf"], 403)
+        has_factors = bool(gateway.mfa.factors(live.person_id))
+        if may_manage(live, address, has_factors):
+            return live, lang
+        if has_factors:
+            return RedirectResponse("/mfa?return=security", status_code=303)
+        return pages.message(request, lang, t["mfa_none_heading"], t["mfa_none_refused"], 403)
+
+    def carried_locale(request: Request) -> str:
+        """The page's language, following the waiting authorization's `ui_locales` if there is one."""
+        pending_id = request.query_params.get("request")
+        pending = gateway.pending(pending_id, request.cookies.get(BROWSER_COOKIE)) if pending_id else None
+        return pages.locale(request, pending.params if pending else None)
+
+    def carried(request: Request) -> tuple[str, str]:
+        """The query carrying a waiting authorization through the security pages, and where to go next."""
+        pending_id = request.query_params.get("request")
+        if pending_id:
+            query = "?" + urlencode({"request": pending_id})
+            return query, f"/mfa{query}"
+        return "", "/security"
+
+    def step_up_page(
+        request: Request,
+        lang: str,
+        live: BrowserSession,
+        action: str,
+        error: str | None = None,
+        status: int = 200,
+    ) -> HTMLResponse:
+        kinds = gateway.mfa.kinds(live.person_id)
+        key = gateway.mfa.authentication_options(live.sid, live.person_id) if mfa.WEBAUTHN in kinds else None
+        return pages.render(
+            request,
+            "mfa.html",
+            lang,
+            status,
+            scripts=key is not None,
+            action=action,
+            csrf=session_csrf(request.cookies.get(SESSION_COOKIE)),
+            error=error,
+            code=bool(kinds & {mfa.TOTP, mfa.RECOVERY}),
+            challenge=key[0] if key else None,
+            webauthn_options=key[1] if key else None,
+        )
+
+    def after_step_up(
+        request: Request, live: BrowserSession, pending: PendingAuthorization | None, browser: str
+    ) -> Response:
+        if pending is not None and pending.params:
+            return continue_authorization(
+                request,
+                authorize_request(pending.params, _address(request)),
+                live,
+                fresh=True,
+                pending=pending,
+                browser=browser,
+            )
+        if pending is not None:
+            gateway.drop_pending(pending.id)
+        return RedirectResponse(step_up_returns.get(request.query_params.get("return", ""), "/"), 303)
+
+    @app.api_route("/mfa", methods=["GET", "POST"])
+    async def step_up(request: Request) -> Response:
+        """Ask for the missing factor: a TOTP or recovery code, or the security key."""
+        form = await request.form() if request.method == "POST" else None
+        cookie = request.cookies.get(SESSION_COOKIE)
+        browser = request.cookies.get(BROWSER_COOKIE)
+        address = _address(request)
+
+        def run() -> Response:
+            pending_id = request.query_params.get("request")
+            pending = gateway.pending(pending_id, browser) if pending_id else None
+            lang = pages.locale(request, pending.params if pending else None)
+            t = MESSAGES[lang]
+            if (pending_id and pending is None) or browser is None:
+                return expired(request, lang)
+            live = gateway.sessions.current(cookie)
+            if live is None:
+                back = f"/login?{urlencode({'request': pending.id})}" if pending else "/login"
+                return RedirectResponse(back, status_code=303)
+            back_to = request.query_params.get("return", "")
+            query = {"request": pending.id} if pending else ({"return": back_to} if back_to else {})
+            action = "/mfa" + (f"?{urlencode(query)}" if query else "")
+            if form is None and pending is not None:
+                required = required_level(pending.params, address)
+                if assurance.satisfies(live.acr, required, gateway.config):
+                    return after_step_up(request, live, pending, browser)  # e.g. just enrolled one
+            kinds = gateway.mfa.kinds(live.person_id)
+            if not kinds:
+                if assurance.is_internal(address, gateway.config):
+                    setup = "/security" + (f"?{urlencode({'request': pending.id})}" if pending else "")
+                    return pages.message(
+                        request,
+                        lang,
+                        t["mfa_none_heading"],
+                        t["mfa_none_enrol"],
+                        link_url=setup,
+                        link_text=t["security_heading"],
+                    )
+                with gateway.store.session() as db:
+                    record_event(db, "mfa_missing", person_id=live.person_id, address=address)
+                    db.commit()
+                return pages.message(request, lang, t["mfa_none_heading"], t["mfa_none_refused"], 403)
+            if form is None:
+                return step_up_page(request, lang, live, action)
+            if not hmac.compare_digest(session_csrf(cookie), str(form.get("csrf_token", ""))):
+                return pages.message(request, lang, t["error_heading"], t["error_csrf"], 403)
+            if form.get("method") == "webauthn":
+                challenge, credential = str(form.get("challenge", "")), str(form.get("credential", ""))
+                outcome = gateway.mfa.verify_assertion(
+                    live.sid, live.person_id, challenge, credential[:20000], address=address
+                )
+                wrong = t["mfa_key_invalid"]
+            else:
+                code = str(form.get("code", ""))[:64]
+                outcome = gateway.mfa.verify_code(live.person_id, code, address=address)
+                wrong = t["mfa_invalid"]
+            if not outcome.ok or outcome.amr is None:
+                if outcome.retry_after:
+                    message, status = t["mfa_throttled"].format(seconds=outcome.retry_after), 429
+                else:
+                    message, status = wrong, 401
+                return step_up_page(request, lang, live, action, message, status)
+            stepped = gateway.sessions.step_up(live.sid, [outcome.amr])
+            if stepped is None:
+                return expired(request, lang)
+            return after_step_up(request, stepped, pending, browser)
+
+        return await run_in_threadpool(run)
+
+    def enrolled(request: Request, lang: str, live: BrowserSession, amr: str, address: str) -> Response:
+        """A factor was just enrolled (and proved): the session rises; first recovery codes shown once."""
+        gateway.sessions.step_up(live.sid, [amr])
+        _, next_url = carried(request)
+        if gateway.mfa.recovery_codes_left(live.person_id):
+            return RedirectResponse(next_url, status_code=303)
+        codes = gateway.mfa.new_recovery_codes(live.person_id, address=address)
+        return pages.render(
+            request, "recovery_codes.html", lang, codes=codes, next_url=next_url, enrolled=True
+        )
+
+    def account_name(person_id: str) -> str:
+        with gateway.store.session() as db:
+            person = db.get(Person, person_id)
+        return (person.email if person and person.email else None) or person_id
+
+    @app.get("/security")
+    async def security(request: Request) -> Response:
+        """The person's second factors: list, remove, add; recovery codes."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        address = _address(request)
+
+        def run() -> Response:
+            gate = security_gate(request, cookie, None, address)
+            if isinstance(gate, Response):
+                return gate
+            live, lang = gate
+            t = MESSAGES[lang]
+            query, _ = carried(request)
+            return pages.render(
+                request,
+                "security.html",
+                lang,
+                csrf=session_csrf(cookie),
+                factors=gateway.mfa.factors(live.person_id),
+                recovery_left=gateway.mfa.recovery_codes_left(live.person_id),
+                query=query,
+                notice=t["security_removed"] if request.query_params.get("removed") else None,
+            )
+
+        return await run_in_threadpool(run)
+
+    @app.post("/security/remove")
+    @app.post("/security/recovery-codes")
+    async def security_change(request: Request) -> Response:
+        """Remove a factor, or make new recovery codes."""
+        action = request.url.path.rsplit("/", 1)[-1]
+        form = await request.form()
+        cookie = request.cookies.get(SESSION_COOKIE)
+        address = _address(request)
+
+        def run() -> Response:
+            gate = security_gate(request, cookie, form, address)
+            if isinstance(gate, Response):
+                return gate
+            live, lang = gate
+            if action == "remove":
+                gateway.mfa.remove(live.person_id, str(form.get("factor", "")), address=address)
+                return RedirectResponse("/security?removed=1", status_code=303)
+            if action == "recovery-codes" and gateway.mfa.factors(live.person_id):
+                codes = gateway.mfa.new_recovery_codes(live.person_id, address=address)
+                return pages.render(request, "recovery_codes.html", lang, codes=codes, next_url="/security")
+            return RedirectResponse("/security", status_code=303)
+
+        return await run_in_threadpool(run)
+
+    @app.api_route("/security/totp", methods=["GET", "POST"])
+    async def enrol_totp(request: Request) -> Response:
+        """Enrol an authenticator app: the QR code and its key, then a first code to confirm."""
+        form = await request.form() if request.method == "POST" else None
+        cookie = request.cookies.get(SESSION_COOKIE)
+        address = _address(request)
+
+        def run() -> Response:
+            gate = security_gate(request, cookie, form, address)
+            if isinstance(gate, Response):
+                return gate
+            live, lang = gate
+            t = MESSAGES[lang]
+            name = account_name(live.person_id)
+            query, _ = carried(request)
+            error, status, label = None, 200, t["totp_label_default"]
+            if form is None:
+                enrolment = gateway.mfa.begin_totp(live.person_id, name)
+            else:
+                credential = str(form.get("credential", ""))
+                label = str(form.get("label", ""))[:128].strip() or label
+                outcome = gateway.mfa.confirm_totp(
+                    live.person_id, credential, str(form.get("code", ""))[:64], label, address=address
+                )
+                if outcome.ok:
+                    return enrolled(request, lang, live, "otp", address)
+                found = gateway.mfa.pending_totp(live.person_id, credential, name)
+                enrolment = found or gateway.mfa.begin_totp(live.person_id, name)
+                if outcome.retry_after:
+                    error, status = t["mfa_throttled"].format(seconds=outcome.retry_after), 429
+                else:
+                    error, status = t["mfa_invalid"], 400
+            return pages.render(
+                request,
+                "totp_enrol.html",
+                lang,
+                status,
+                action="/security/totp" + query,
+                csrf=session_csrf(cookie),
+                credential_id=enrolment.credential_id,
+                secret=enrolment.secret,
+                uri=enrolment.uri,
+                qr_svg=enrolment.qr_svg,
+                label=label,
+                error=error,
+            )
+
+        return await run_in_threadpool(run)
+
+    @app.api_route("/security/webauthn", methods=["GET", "POST"])
+    async def enrol_key(request: Request) -> Response:
+        """Register a security key or this device's authenticator (WebAuthn: needs JavaScript)."""
+        form = await request.form() if request.method == "POST" else None
+        cookie = request.cookies.get(SESSION_COOKIE)
+        address = _address(request)
+
+        def run() -> Response:
+            gate = security_gate(request, cookie, form, address)
+            if isinstance(gate, Response):
+                return gate
+            live, lang = gate
+            t = MESSAGES[lang]
+            error, status, label = None, 200, t["key_label_default"]
+            if form is not None:
+                label = str(form.get("label", ""))[:128].strip() or label
+                outcome = gateway.mfa.finish_registration(
+                    live.sid,
+                    live.person_id,
+                    str(form.get("challenge", "")),
+                    str(form.get("credential", ""))[:20000],
+                    label,
+                    address=address,
+                )
+                if outcome.ok and outcome.amr is not None:
+                    return enrolled(request, lang, live, outcome.amr, address)
+                error, status = t["mfa_key_invalid"], 400
+            with gateway.store.session() as db:
+                person = db.get(Person, live.person_id)
+            assert person is not None
+            challenge, options = gateway.mfa.registration_options(live.sid, person, account_name(person.id))
+            query, _ = carried(request)
+            return pages.render(
+                request,
+                "webauthn_enrol.html",
+                lang,
+                status,
+                scripts=True,
+                action="/security/webauthn" + query,
+                csrf=session_csrf(cookie),
+                challenge=challenge,
+                webauthn_options=options,
+                label=label,
+                error=error,
             )
 
         return await run_in_threadpool(run)

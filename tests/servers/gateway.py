@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -29,10 +30,12 @@ import httpx
 
 from directory_sync.store import Account, Affiliation, Person, PersonStatus, Site, Store, utcnow
 
+from .logscan import SECRETS, log_file, record_cli
 from .slapd import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery staple"  # the clinicians' local password in these tests
+SECRETS.add(PASSWORD)
 
 SITES = {
     "ch-avignon": ("CH d'Avignon", "840000087"),
@@ -138,6 +141,7 @@ def write_config(
     if not kek.exists():
         kek.write_text(secrets.token_urlsafe(32))
         kek.chmod(0o600)
+    SECRETS.add(kek.read_text())
     head = [f'database_url = "{database_url}"']
     if sites is not None:
         head.append(f"sites = {sites!r}".replace("'", '"'))
@@ -149,8 +153,9 @@ def write_config(
 
 
 def ght(*args: str, config: Path, env: dict[str, str] | None = None, stdin: str | None = None) -> Any:
-    """Run `ght` (cli.main) in a fresh process with this configuration."""
-    return subprocess.run(
+    """Run `ght` (cli.main) in a fresh process with this configuration. A client secret it prints is
+    registered as a secret; its standard error is kept with the session's logs (tests/servers/logscan.py)."""
+    done = subprocess.run(
         [sys.executable, "-c", "import cli; cli.main()", "--config", str(config), *args],
         cwd=config.parent,
         capture_output=True,
@@ -159,6 +164,23 @@ def ght(*args: str, config: Path, env: dict[str, str] | None = None, stdin: str 
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         timeout=120,
     )
+    SECRETS.add(stdin.strip() if stdin else None)
+    with contextlib.suppress(ValueError):
+        printed = json.loads(done.stdout)
+        if isinstance(printed, dict):
+            SECRETS.add(printed.get("client_secret"))
+    record_cli(args, done.stderr)
+    return done
+
+
+def register_tokens(response: httpx.Response) -> httpx.Response:
+    """Register the tokens of a /token answer as secrets (the log scan looks for them)."""
+    if response.status_code == 200:
+        with contextlib.suppress(ValueError):
+            body = response.json()
+            for name in ("access_token", "refresh_token", "id_token"):
+                SECRETS.add(body.get(name))
+    return response
 
 
 class GatewayProcess:
@@ -168,7 +190,8 @@ class GatewayProcess:
         self.config = config
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = config.parent / f"gateway-{self.port}.log"
+        # In the session's log folder (scanned for secrets by tests/test_zz_log_secrets.py).
+        self.log = log_file(f"gateway-{self.port}-{time.monotonic_ns()}.log", config.parent)
         self._log = self.log.open("ab")
         self.process = subprocess.Popen(
             [
@@ -256,6 +279,7 @@ class Browserless:
         return response
 
     def sign_in(self, page: httpx.Response, login: str, password: str) -> httpx.Response:
+        SECRETS.add(password)
         fields = form_fields(page.text)
         action = fields.pop("__action__")
         return self.client.post(
@@ -271,4 +295,6 @@ class Browserless:
 def redirect_params(response: httpx.Response) -> dict[str, str]:
     assert response.status_code in (302, 303), (response.status_code, response.text[:500])
     query = urlsplit(response.headers["location"]).query
-    return {k: v[0] for k, v in parse_qs(query).items()}
+    params = {k: v[0] for k, v in parse_qs(query).items()}
+    SECRETS.add(params.get("code"))  # an authorization code is a secret until redeemed
+    return params

@@ -43,6 +43,7 @@ from typing import IO, Any, Self
 import ldap3
 
 from .certs import make_test_pki
+from .logscan import SECRETS
 from .slapd import _answers_ldap, _set_parent_death_signal
 
 __all__ = [
@@ -164,6 +165,8 @@ class SambaDC:
         self.host = host
         self.admin_password = f"Adm-{secrets.token_urlsafe(12)}-9a"
         self.reader_password = f"Sync-{secrets.token_urlsafe(12)}-7b"
+        SECRETS.add(self.admin_password)  # never to be found in a log (tests/test_zz_log_secrets.py)
+        SECRETS.add(self.reader_password)
         self.ca_file = workdir / "tls" / "ca.pem"
         self.conf = workdir / "etc" / "smb.conf"
         self.log_file = workdir / "samba.log"

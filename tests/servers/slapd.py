@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from .certs import make_test_pki
+from .logscan import SECRETS
 
 __all__ = [
     "SlapdError",
@@ -418,6 +419,8 @@ def start_slapd(
         limited_size=limited_size,
         host=host,
     )
+    SECRETS.add(server.root_password)  # never to be found in a log (tests/test_zz_log_secrets.py)
+    SECRETS.add(server.reader_password)
 
     config = _config_ldif(
         server,

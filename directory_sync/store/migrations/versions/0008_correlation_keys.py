@@ -4,7 +4,7 @@ Filled here for the accounts already in the directory (the same keys a sync writ
 `directory_sync.correlate.Probe.index_keys`).
 
 Revision ID: 0008_correlation_keys
-Revises: 0005
+Revises: 0007_upstream
 Create Date: 2026-11-23 16:00:00
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008_correlation_keys"
-down_revision: str | None = "0005"
+down_revision: str | None = "0007_upstream"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
