@@ -561,6 +561,8 @@ class UpstreamProviderSettings(_Strict):
     admit_external: bool = False
     external_role: str = Field("professionnel-externe", pattern=f"^{ROLE_CODE.pattern}$")
     external_clients: list[str] = []
+    #: The client ids whose sign-in page offers this provider (empty: every client's).
+    clients: list[str] = []
 
     @field_validator("issuer")
     @classmethod

@@ -135,6 +135,7 @@ class Probe:
     families: set[str]
     birth_date: str | None
     profession: str | None
+    _keys: set[str] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, values: Mapping[str, str], site: str) -> Probe:
@@ -172,8 +173,10 @@ class Probe:
             yield f"e:{self.email}"
 
     def index_keys(self) -> set[str]:
-        """Every key the account is filed under."""
-        return {*self._id_keys(), *self.name_keys(), *self.family_keys()}
+        """Every key the account is filed under (worked out once: indexed, then stored)."""
+        if self._keys is None:
+            self._keys = {*self._id_keys(), *self.name_keys(), *self.family_keys()}
+        return self._keys
 
     def lookup_keys(self) -> set[str]:
         """The keys that find the account's candidates: its ids, and its names (the family name alone

@@ -29,8 +29,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from .config import CorrelationConfig, Safety, Survivorship
@@ -227,21 +225,24 @@ class _StoredPeople:
 def file_correlation_keys(connection: Any, accounts: Iterable[tuple[int, str, Mapping[str, str]]]) -> None:
     """File accounts (id, site, values) under their correlation keys; keys already filed are kept."""
     rows = [
-        {"key_hash": h, "account_id": account_id}
+        (key_hash(k), account_id)
         for account_id, site, values in accounts
-        for h in {key_hash(k) for k in Probe.of(values, site).index_keys()}
+        for k in Probe.of(values, site).index_keys()
     ]
     _file_keys(connection, rows)
 
 
-def _file_keys(connection: Any, rows: list[dict[str, int]]) -> None:
-    statement: Any
+def _file_keys(connection: Any, rows: list[tuple[int, int]]) -> None:
+    """Insert (key hash, account id) rows, keeping those already there. Plain DB-API executemany: at
+    six or so keys per account, SQLAlchemy's per-row parameter handling would cost more than SQLite."""
     if connection.dialect.name == "postgresql":
-        statement = postgresql_insert(_KEY).on_conflict_do_nothing()
+        statement = (
+            "INSERT INTO correlation_key (key_hash, account_id) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+        )
     else:
-        statement = sqlite_insert(_KEY).on_conflict_do_nothing()
-    for chunk in _chunks(rows, 5 * _CHUNK):
-        connection.execute(statement, list(chunk))
+        statement = "INSERT OR IGNORE INTO correlation_key (key_hash, account_id) VALUES (?, ?)"
+    for chunk in _chunks(rows, 10 * _CHUNK):
+        connection.exec_driver_sql(statement, list(chunk))
 
 
 class RunContext:
@@ -860,12 +861,12 @@ def _file_action_keys(
     """File new and changed accounts under their correlation keys (a changed account keeps its old
     keys too: they can only add candidates)."""
     ids = _account_ids(session, site, [a.anchor for a in new]) if new else {}
-    rows: list[dict[str, int]] = []
+    rows: list[tuple[int, int]] = []
     for action in new + updated:
         account_id = action.account_id if action.account_id is not None else ids[action.anchor]
         probe = action.probe
         assert probe is not None
-        rows.extend({"key_hash": key_hash(k), "account_id": account_id} for k in probe.index_keys())
+        rows.extend((key_hash(k), account_id) for k in probe.index_keys())
     _file_keys(session.connection(), rows)
 
 

@@ -298,9 +298,17 @@ class Upstream:
         }
         self._key: bytes | None = None
 
-    def buttons(self) -> list[tuple[str, str]]:
-        """(name, label) of each provider, in the configuration's order."""
-        return [(name, p.label) for name, p in self.providers.items()]
+    def buttons(self, client_id: str | None) -> list[tuple[str, str]]:
+        """(name, label) of each provider offered to this client, in the configuration's order."""
+        return [(name, p.label) for name, p in self.providers.items() if self.offered(name, client_id)]
+
+    def offered(self, name: str, client_id: str | None) -> bool:
+        """Is provider `name` offered to this client (its `clients`, or every client if none listed)?"""
+        provider = self.providers.get(name)
+        if provider is None:
+            return False
+        allowed = provider.settings.clients
+        return not allowed or client_id in allowed
 
     # -- state, verifier, nonce -----------------------------------------------------------------------
 

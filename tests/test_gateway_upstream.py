@@ -11,6 +11,7 @@ external professionals, admitted to the configured applications only, with the l
 
 from __future__ import annotations
 
+import html
 import json
 import secrets
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlmodel import col
@@ -28,11 +30,19 @@ from directory_sync.config import GatewaySettings
 from directory_sync.identifiers import luhn_key
 from directory_sync.store import AuditEvent, Person, PersonStatus, Store, open_store
 from directory_sync.store.models import ExportState, ExportStatus
-from sso_gateway.models import UpstreamIdentity
+from sso_gateway.models import GatewayClient, UpstreamIdentity
 from sso_gateway.sample_app import create_sample_app
 from sso_gateway.upstream import psc_national_ids
 from tests.servers.browser import ThreadedServer, chromium
-from tests.servers.gateway import REPO, Clinician, GatewayProcess, ght, seed_directory, write_config
+from tests.servers.gateway import (
+    REPO,
+    Clinician,
+    GatewayProcess,
+    ght,
+    pkce_pair,
+    seed_directory,
+    write_config,
+)
 from tests.servers.logscan import SECRETS
 from tests.servers.slapd import free_port
 from tests.servers.upstream_idp import UpstreamIdp
@@ -519,3 +529,51 @@ def test_upstream_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="https"):
         GatewaySettings(**base, upstream={"psc": {**provider, "kind": "pro_sante_connect",
                                                   "issuer": "http://psc.example"}})  # fmt: skip
+
+
+def test_a_provider_is_offered_only_to_the_clients_it_lists(stage: Stage) -> None:
+    """`clients` under a provider: its button shows on those applications' sign-in pages only, and
+    starting it for another application is refused."""
+    with stage.store.session() as session:
+        registered = {c.name: c for c in session.execute(select(GatewayClient)).scalars()}
+    dpi, portal = registered["dpi"], registered["portail"]
+    port = free_port()
+    database = f"sqlite:///{stage.tmp}/ght.db"
+    config = configure(
+        stage.tmp, database, port, stage.psc.url, stage.entra.url, {"clients": [portal.client_id]}
+    )
+    gateway = GatewayProcess(config, port=port)
+    try:
+        for client, offered in ((dpi, False), (portal, True)):
+            with httpx.Client(base_url=gateway.url, follow_redirects=True) as http:
+                _, challenge = pkce_pair()
+                page = http.get(
+                    "/authorize",
+                    params={
+                        "response_type": "code",
+                        "client_id": client.client_id,
+                        "redirect_uri": client.redirect_uris[0],
+                        "scope": "openid",
+                        "state": secrets.token_urlsafe(8),
+                        "code_challenge": challenge,
+                        "code_challenge_method": "S256",
+                    },
+                )
+                assert page.status_code == 200, page.text
+                assert ("/upstream/psc/start" in page.text) is offered
+                assert "/upstream/entra/start" in page.text  # no list: offered to every application
+                request_id = dict(parse_qsl(urlsplit(str(page.url)).query))["request"]
+                started = http.get(
+                    "/upstream/psc/start", params={"request": request_id}, follow_redirects=False
+                )
+                if offered:
+                    assert started.status_code == 303
+                    assert started.headers["location"].startswith(stage.psc.url)
+                else:
+                    assert started.status_code == 403
+                    assert (
+                        "Cette application n'accepte pas la connexion avec Pro Santé Connect"
+                        in html.unescape(started.text)
+                    )
+    finally:
+        gateway.stop()

@@ -60,6 +60,7 @@ UPSTREAM_MESSAGES = {
     "external_client_not_allowed": ("upstream_external_refused", 403),
     "upstream_error": ("upstream_cancelled", 400),
     "upstream_unavailable": ("upstream_unavailable", 502),
+    "not_offered": ("upstream_not_offered", 403),
 }
 SESSION_COOKIE = "ght_session"
 BROWSER_COOKIE = "ght_browser"
@@ -502,7 +503,7 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
     def upstream_buttons(pending: PendingAuthorization) -> list[tuple[str, str, str]]:
         """(name, label, url) of each upstream provider, for the sign-in page."""
         query = urlencode({"request": pending.id})
-        buttons = gateway.upstream.buttons()
+        buttons = gateway.upstream.buttons(pending.params.get("client_id"))
         return [(name, label, f"/upstream/{name}/start?{query}") for name, label in buttons]
 
     def upstream_refusal(
@@ -530,6 +531,8 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 return pages.message(request, lang, t["error_heading"], t["upstream_unknown"], 404)
             if pending is None or browser is None:
                 return expired(request, lang)
+            if not gateway.upstream.offered(provider, pending.params.get("client_id")):
+                return upstream_refusal(request, lang, upstream.label, "not_offered", pending)
             try:
                 url = gateway.upstream.begin(provider, pending.id, pending.params, browser)
             except Exception:  # discovery failed: the provider is down or misconfigured

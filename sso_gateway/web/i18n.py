@@ -107,6 +107,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "upstream_unavailable": "{provider} ne répond pas. Réessayez plus tard, ou connectez-vous avec votre "
         "identifiant et votre mot de passe.",
         "upstream_unknown": "Ce fournisseur d'identité n'est pas configuré.",
+        "upstream_not_offered": "Cette application n'accepte pas la connexion avec {provider}.",
         "upstream_back": "Revenir à la page de connexion",
         "switch_language": "English",
     },
@@ -210,6 +211,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "upstream_unavailable": "{provider} does not answer. Try again later, or sign in with your login "
         "and password.",
         "upstream_unknown": "This identity provider is not configured.",
+        "upstream_not_offered": "This application does not accept signing in with {provider}.",
         "upstream_back": "Back to the sign-in page",
         "switch_language": "Français",
     },
