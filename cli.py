@@ -931,6 +931,23 @@ def keys_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     out.print(table)
 
 
+@people_app.command("sign-out")
+def people_sign_out(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="Territorial id, RPPS, login, SITE\\login or email.")],
+    by: AdminOption,
+    note: NoteOption = None,
+) -> None:
+    """End every gateway session of a person and revoke their refresh tokens (audited). Applications
+    with a back-channel logout URI are told; access tokens already issued expire on their own (minutes)."""
+    gateway, person = _person_at_gateway(ctx, key)
+    ended, told = gateway.logout.sign_out_person(person.id, reason=note or "signed out by IT", by=by)
+    out.print(
+        f"{person.given_name or ''} {person.family_name} ({person.id}): ended {ended} session(s), "
+        f"{told} application(s) told by back-channel logout; refresh tokens revoked."
+    )
+
+
 @people_app.command("set-password")
 def people_set_password(
     ctx: typer.Context,
@@ -960,7 +977,7 @@ mfa_app = typer.Typer(no_args_is_help=True, help="A person's second factors (TOT
 people_app.add_typer(mfa_app, name="mfa")
 
 
-def _mfa_person(ctx: typer.Context, key: str) -> tuple[Any, Any]:
+def _person_at_gateway(ctx: typer.Context, key: str) -> tuple[Any, Any]:
     gateway = _gateway(ctx)
     with gateway.store.session() as session:
         person = get_person(session, key).person
@@ -974,7 +991,7 @@ def people_mfa_list(
     as_json: JsonOption = False,
 ) -> None:
     """A person's second factors (never their secrets) and how many recovery codes are left."""
-    gateway, person = _mfa_person(ctx, key)
+    gateway, person = _person_at_gateway(ctx, key)
     factors = gateway.mfa.factors(person.id)
     left = gateway.mfa.recovery_codes_left(person.id)
     if as_json:
@@ -1000,14 +1017,22 @@ def people_mfa_reset(
     key: Annotated[str, typer.Argument(help="Territorial id, RPPS, login, SITE\\login or email.")],
     by: AdminOption,
     note: NoteOption = None,
+    keep_sessions: Annotated[
+        bool,
+        typer.Option("--keep-sessions", help="Leave the person's sessions (signed in with the old factors)."),
+    ] = False,
 ) -> None:
-    """Remove every second factor and recovery code of a person (audited): they enrol again."""
-    gateway, person = _mfa_person(ctx, key)
+    """Remove every second factor and recovery code of a person (audited): they enrol again. Their
+    sessions end too (a lost or stolen factor must not keep a session open), unless --keep-sessions."""
+    gateway, person = _person_at_gateway(ctx, key)
     removed = gateway.mfa.reset(person.id, by=by, reason=note)
     out.print(
         f"Removed {removed} second factor(s) of {person.given_name or ''} {person.family_name} "
         f"({person.id}); they must enrol again (from a hospital network)."
     )
+    if not keep_sessions:
+        ended, told = gateway.logout.sign_out_person(person.id, reason="mfa_reset", by=by)
+        out.print(f"Ended {ended} session(s); {told} application(s) told by back-channel logout.")
 
 
 # -- azure (directory_sync.azure): plan, push, status, adopt ------------------------------------------

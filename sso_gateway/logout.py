@@ -72,6 +72,33 @@ class Logout:
             session.commit()
         return queued
 
+    def sign_out_person(self, person_id: str, *, reason: str, by: str) -> tuple[int, int]:
+        """IT staff: end every live session of a person (applications told by back-channel logout) and
+        revoke every grant left (refresh tokens). Returns (sessions ended, logouts queued). Access
+        tokens already issued stay valid until they expire (`access_token_lifetime`), as JWTs do."""
+        with self.store.session() as session:
+            live = list(
+                session.execute(
+                    select(col(BrowserSession.sid)).where(
+                        col(BrowserSession.person_id) == person_id, col(BrowserSession.ended_at).is_(None)
+                    )
+                ).scalars()
+            )
+        queued = sum(self.end_session(sid, reason=reason) for sid in live)
+        with self.store.session() as session:
+            revoked = revoke_grants(session, person_id=person_id, reason=reason)
+            record_event(
+                session,
+                "signed_out",
+                person_id=person_id,
+                by=by,
+                reason=reason,
+                sessions=len(live),
+                grants=len(revoked),
+            )
+            session.commit()
+        return len(live), queued
+
     def logout_token(self, client_id: str, person_id: str, sid: str) -> str:
         kid, alg, key = self.keys.signing_key()
         now = int(time.time())

@@ -551,11 +551,9 @@ def test_outside_a_second_factor_enrolled_inside_is_asked_for(stage: Stage) -> N
 
 def test_it_staff_list_and_reset_a_persons_factors(stage: Stage) -> None:
     person = Person(stage, stage.inside_url, "jroux")
-    try:
-        person.sign_in_at_gateway()
-        person.enrol_totp()
-    finally:
-        person.close()
+    person.sign_in_at_gateway()
+    person.enrol_totp()
+    assert person.http.get(person.url("/security")).status_code == 200  # signed in, with the factor
     listed = ght("people", "mfa", "list", "jroux", "--json", config=stage.config)
     assert listed.returncode == 0, listed.stderr
     data = json.loads(listed.stdout)
@@ -567,7 +565,11 @@ def test_it_staff_list_and_reset_a_persons_factors(stage: Stage) -> None:
         "people", "mfa", "reset", "jroux", "--by", "it.support", "--note", "lost phone", config=stage.config
     )
     assert done.returncode == 0, done.stderr
-    assert "Removed 1 second factor(s)" in done.stdout
+    assert "Removed 1 second factor(s)" in done.stdout and "Ended 1 session(s)" in done.stdout
+    # The session that passed the removed factor is over: its cookie leads back to the sign-in.
+    after = person.http.get(person.url("/security"))
+    person.close()
+    assert after.status_code == 303 and after.headers["location"] == "/login"
     audit = events(stage, stage.people["reset"].id, "gateway.mfa_reset")
     assert audit and audit[0].changes["by"] == "it.support" and audit[0].changes["reason"] == "lost phone"
     assert (

@@ -583,6 +583,41 @@ def test_logout_redirects_only_to_registered_uris_and_ends_the_session(env: Env)
     assert good.status_code == 302 and good.headers["location"] == f"{DPI_LOGGED_OUT}?state=s1"
 
 
+def test_it_staff_sign_a_person_out_of_every_session(env: Env) -> None:
+    """`ght people sign-out` (a stolen badge, a lost phone): every session of the person ends, the
+    applications are told, and refresh tokens stop working; the next sign-in asks for the password."""
+    client_id, secret = add_client(env, backchannel_logout_uri="https://dpi.ght.test/backchannel")
+    callback, verifier, _ = sign_in_for_code(env, client_id)
+    tokens = redeem(env, client_id, secret, callback["code"], verifier).json()
+    sid = jwt.decode(tokens["id_token"], jwks(env)).claims["sid"]
+    person_id = jwt.decode(tokens["id_token"], jwks(env)).claims["sub"]
+
+    ended, told = env.gateway.logout.sign_out_person(person_id, reason="stolen badge", by="it.support")
+
+    assert (ended, told) >= (1, 1)
+    with env.gateway.store.session() as session:
+        assert session.get(BrowserSession, sid).ended_at is not None  # type: ignore[union-attr]
+        queued = session.execute(select(BackchannelDelivery).where(BackchannelDelivery.sid == sid)).scalars()
+        assert [d.client_id for d in queued] == [client_id]
+        audit = session.execute(
+            select(AuditEvent).where(
+                AuditEvent.person_id == person_id, AuditEvent.action == "gateway.signed_out"
+            )
+        ).scalar_one()
+    assert audit.changes["by"] == "it.support" and audit.changes["reason"] == "stolen badge"
+    refreshed = env.http.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        auth=(client_id, secret),
+    )
+    assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
+    assert introspect(env, client_id, secret, tokens["access_token"])["active"] is False
+    prompt_none = redirect_params(
+        env.browser.authorize(**authorize_params(client_id, pkce_pair()[1], prompt="none"))
+    )
+    assert prompt_none["error"] == "login_required"
+
+
 def test_logout_without_id_token_hint_asks_for_confirmation(env: Env) -> None:
     client_id, _ = add_client(env)
     sign_in_for_code(env, client_id)

@@ -241,17 +241,25 @@ def find_token(session: Session, token: str, kind: str | None = None) -> TokenVi
 
 
 def revoke_grants(
-    session: Session, *, grant_id: str | None = None, sid: str | None = None, reason: str
+    session: Session,
+    *,
+    grant_id: str | None = None,
+    sid: str | None = None,
+    person_id: str | None = None,
+    reason: str,
 ) -> list[str]:
-    """Revoke grants (by id or by session) and every token issued under them. The caller commits."""
+    """Revoke grants (by id, by session or by person) and every token issued under them. The caller
+    commits."""
     now = utcnow()
     query = select(col(Grant.id)).where(col(Grant.revoked_at).is_(None))
     if grant_id is not None:
         query = query.where(col(Grant.id) == grant_id)
     elif sid is not None:
         query = query.where(col(Grant.sid) == sid)
+    elif person_id is not None:
+        query = query.where(col(Grant.person_id) == person_id)
     else:
-        raise ValueError("revoke_grants needs a grant_id or a sid")
+        raise ValueError("revoke_grants needs a grant_id, a sid or a person_id")
     ids = list(session.execute(query).scalars())
     if ids:
         session.execute(
