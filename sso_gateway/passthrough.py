@@ -7,7 +7,8 @@ retried elsewhere (that would multiply lockouts in every hospital's directory).
 
 If the entry moved since the last sync (the stored DN is refused), the current DN is found again by the
 account's anchor with the site's service account; the anchor value is escaped for the filter
-(RFC 4515) like any value that goes into a filter.
+(RFC 4515) like any value that goes into a filter. An Active Directory anchor is an objectGUID, which
+AD compares as 16 bytes: the filter carries the GUID's bytes, each escaped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import time
 import ldap3
 from ldap3.utils.conv import escape_filter_chars
 
-from directory_sync.config import LdapConnection
+from directory_sync.config import ActiveDirectoryConnection, LdapConnection
+from directory_sync.connectors.active_directory import guid_filter_value
 
 from .metrics import LDAP_BIND_DURATION
 
@@ -124,7 +126,14 @@ class PassThrough:
             service_password = connection.bind_password.read()
         except ValueError:
             return None
-        search_filter = f"({connection.anchor}={escape_filter_chars(anchor)})"
+        if isinstance(connection, ActiveDirectoryConnection):
+            try:
+                value = guid_filter_value(anchor)
+            except ValueError:  # not a GUID: nothing to look for
+                return None
+        else:
+            value = escape_filter_chars(anchor)
+        search_filter = f"({connection.anchor}={value})"
         for url in connection.urls:
             conn = self._open(connection, url, connection.bind_dn, service_password)
             try:

@@ -1,7 +1,9 @@
 """Signing a person in: find them in the territorial directory, check the password, throttle, audit.
 
 A person types their territorial login, their email, a hospital login as `SITE\\login`, or a UPN
-(`login@domain`). The lookup is SQL with bound parameters; nothing typed reaches an LDAP filter or DN.
+(`login@domain`: an Active Directory account's userPrincipalName, found among the accounts whose login
+is the UPN or its part before the @, the usual convention). The lookup is SQL with bound parameters;
+nothing typed reaches an LDAP filter or DN.
 The password is checked with the person's local credential if IT set one (`ght people set-password`),
 otherwise by an LDAP bind on one of their active accounts: the account named by `SITE\\login` first,
 then the home site's (the person's earliest active affiliation), then the others, moving on only when a
@@ -80,6 +82,7 @@ def find_person(session: Session, identifier: str) -> Match | None:
             ).scalars()
             if a.login.lower() == text.lower()
             or str(a.attributes.get("userprincipalname", "")).lower() == text.lower()
+            or str((a.facts or {}).get("upn", "")).lower() == text.lower()  # Active Directory's UPN
         ]
         person = _one_person(session, {a.person_id for a in rows})
         return Match(person, rows[0].id if len(rows) == 1 else None) if person else None

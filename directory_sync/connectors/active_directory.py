@@ -64,6 +64,7 @@ STATE_ATTRIBUTES = (
     "accountExpires",
     "lockoutTime",
     "msDS-User-Account-Control-Computed",
+    "userPrincipalName",
 )
 
 
@@ -102,7 +103,7 @@ def datetime_to_filetime(moment: datetime) -> int:
     return (moment - _EPOCH_1601) // timedelta(microseconds=1) * 10
 
 
-def _guid_filter_value(guid: str) -> str:
+def guid_filter_value(guid: str) -> str:
     """An objectGUID as an LDAP filter value: its 16 bytes, each escaped."""
     return "".join(f"\\{b:02x}" for b in uuid.UUID(guid).bytes_le)
 
@@ -305,7 +306,7 @@ class ActiveDirectoryConnector(LdapConnector):
         pending = sorted(moved - seen)
         for start in range(0, len(pending), _GUID_BATCH):
             wanted = "".join(
-                f"(objectGUID={_guid_filter_value(g)})" for g in pending[start : start + _GUID_BATCH]
+                f"(objectGUID={guid_filter_value(g)})" for g in pending[start : start + _GUID_BATCH]
             )
             yield from accounts(f"(&{base_filter}(|{wanted}))")
         # 4. Accounts written since the watermark but now out of scope (moved out of the base DN, no
@@ -454,6 +455,7 @@ class ActiveDirectoryConnector(LdapConnector):
             "locked_out": _flag(locked_out),
             "password_never_expires": _flag(bool(uac & UF_DONT_EXPIRE_PASSWD)),
             "object_sid": (attributes.get("objectsid") or [""])[0],
+            "upn": (attributes.get("userprincipalname") or [""])[0],  # a login people type at the gateway
             "immutable_id": immutable_id(record.anchor),
         }
         if self.roles is not None and self.roles.nested:

@@ -29,6 +29,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -380,6 +381,17 @@ class SambaDC:
     def set_expires(self, dn: str, expires: datetime | int) -> None:
         value = expires if isinstance(expires, int) else _filetime(expires)
         self.replace(dn, accountExpires=str(value))
+
+    def set_password(self, dn: str, password: str) -> None:
+        """Give a user a password (unicodePwd: AD takes it only over an encrypted connection, LDAPS here)."""
+        SECRETS.add(password)
+        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=str(self.ca_file))
+        server = ldap3.Server(self.ldaps_url, use_ssl=True, tls=tls, get_info=ldap3.NONE)
+        with ldap3.Connection(
+            server, self.admin_name, self.admin_password, auto_bind=True, raise_exceptions=True
+        ) as conn:
+            quoted = f'"{password}"'.encode("utf-16-le")
+            conn.modify(dn, {"unicodePwd": [(ldap3.MODIFY_REPLACE, [quoted])]})
 
     def move(self, dn: str, new_parent: str) -> str:
         rdn = dn.split(",", 1)[0]
