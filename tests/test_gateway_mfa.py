@@ -56,8 +56,8 @@ from tests.servers.slapd import free_port
 
 #: How long a serving process may keep a client registration it read (sso_gateway.oauth.server).
 CLIENT_CACHE: float = getattr(oauth_server, "CLIENT_CACHE_SECONDS", 0.0)
-CALLBACK_PORT = free_port()
-CALLBACK = f"http://127.0.0.1:{CALLBACK_PORT}/callback"  # the application: a page that says "DPI"
+#: The application: a page that says "DPI", on the port its server got when the stage started.
+CALLBACK = "http://127.0.0.1:0/callback"
 
 
 class _Application(BaseHTTPRequestHandler):
@@ -118,6 +118,9 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
     (tmp / "outside" / "kek").write_text((tmp / "inside" / "kek").read_text())  # one gateway, two doors
     outside_config = write_config(tmp / "outside", database, outside_url, internal_networks=["10.0.0.0/8"])
     SECRETS.add((tmp / "inside" / "kek").read_text())
+    global CALLBACK
+    application = ThreadingHTTPServer(("127.0.0.1", 0), _Application)  # a port of its own, kept
+    CALLBACK = f"http://127.0.0.1:{application.server_address[1]}/callback"
     clients = {}
     for name, extra in (("dpi", []), ("chimio", ["--min-acr", ACR_SUBSTANTIAL])):
         done = ght("clients", "add", name, "--redirect-uri", CALLBACK, *extra, "--json", config=config)
@@ -125,7 +128,6 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
         registered = json.loads(done.stdout)
         clients[name] = (registered["client_id"], SECRETS.add(registered["client_secret"]) or "")
     assert json.loads(done.stdout)["min_acr"] == ACR_SUBSTANTIAL
-    application = ThreadingHTTPServer(("127.0.0.1", CALLBACK_PORT), _Application)
     threading.Thread(target=application.serve_forever, daemon=True).start()
     inside = GatewayProcess(config, port=inside_port)
     try:
