@@ -79,7 +79,7 @@ class AccountAction:
     reason: str
     person_id: str | None = None
     account: MappedAccount | None = None
-    account_id: int | None = None
+    account_id: int | None = None  # the known account (update, close); a new one's once applied
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     rule: str | None = None
     score: float = 0.0
@@ -754,16 +754,25 @@ def apply_plan(
         session.execute(insert(_ACCOUNT), [_new_account_row(a, plan.site, now, "created") for a in chunk])
         session.execute(insert(_AFFILIATION), affiliations)
 
+    links = list(plan.of(ActionKind.LINK))
+    for chunk in _chunks(links, _CHUNK):
+        session.execute(
+            insert(_ACCOUNT), [_new_account_row(a, plan.site, now, a.rule or "link") for a in chunk]
+        )
+    # The new accounts' ids, read once: their review cases and correlation keys refer to them.
+    ids = _account_ids(session, plan.site, [a.anchor for a in creates + links])
+    for action in creates + links:
+        action.account_id = ids[action.anchor]
+
     disputed = [a for a in creates if a.review is not None]
     if disputed:
-        ids = _account_ids(session, plan.site, [a.anchor for a in disputed])
         session.execute(
             insert(_REVIEW),
             [
                 {
                     "site": plan.site,
                     "anchor": a.anchor,
-                    "account_id": ids[a.anchor],
+                    "account_id": a.account_id,
                     "person_id": a.person_id,
                     "status": "open",
                     "reason": a.reason,
@@ -791,11 +800,6 @@ def apply_plan(
         result.reviews = len(disputed)
 
     # Linked, unlinked and deleted accounts change people who have other accounts: recompute them.
-    links = list(plan.of(ActionKind.LINK))
-    for chunk in _chunks(links, _CHUNK):
-        session.execute(
-            insert(_ACCOUNT), [_new_account_row(a, plan.site, now, a.rule or "link") for a in chunk]
-        )
     audit.extend(
         actor.event(
             now,
@@ -845,7 +849,7 @@ def apply_plan(
         )
         for a in closes
     )
-    _file_action_keys(session, plan.site, creates + links, updates)
+    _file_action_keys(session, creates + links + updates)
     touched = {a.person_id for a in links + updates + closes if a.person_id}
     refreshed = refresh_people(session, touched, now, context.config, actor)
     result.suspended, result.reactivated = refreshed.suspended, refreshed.reactivated
@@ -855,18 +859,13 @@ def apply_plan(
     return result
 
 
-def _file_action_keys(
-    session: Session, site: str, new: list[AccountAction], updated: list[AccountAction]
-) -> None:
+def _file_action_keys(session: Session, actions: list[AccountAction]) -> None:
     """File new and changed accounts under their correlation keys (a changed account keeps its old
     keys too: they can only add candidates)."""
-    ids = _account_ids(session, site, [a.anchor for a in new]) if new else {}
     rows: list[tuple[int, int]] = []
-    for action in new + updated:
-        account_id = action.account_id if action.account_id is not None else ids[action.anchor]
-        probe = action.probe
-        assert probe is not None
-        rows.extend((key_hash(k), account_id) for k in probe.index_keys())
+    for action in actions:
+        assert action.account_id is not None and action.probe is not None
+        rows.extend((key_hash(k), action.account_id) for k in action.probe.index_keys())
     _file_keys(session.connection(), rows)
 
 

@@ -25,7 +25,7 @@ from sso_gateway import Gateway
 from sso_gateway.web.app import create_app
 from tests.ad_sites import ad_connection, write_ad_site
 from tests.hospitals import rpps, write_config
-from tests.servers.gateway import Browserless, gateway_toml, pkce_pair, redirect_params
+from tests.servers.gateway import Browserless, gateway_toml
 from tests.servers.samba import SambaDC
 
 ISSUER = "https://sso.ght.test"
@@ -93,25 +93,13 @@ def test_a_wrong_or_empty_password_is_refused_by_ad(hospital: Hospital) -> None:
 def test_the_whole_flow_signs_in_through_ad(hospital: Hospital) -> None:
     new = hospital.gateway.clients.add("DPI", redirect_uris=["https://dpi.ght.test/cb"])
     browser = Browserless(hospital.http, ISSUER)  # type: ignore[arg-type]
-    verifier, challenge = pkce_pair()
-    page = browser.follow(
-        browser.authorize(
-            response_type="code", client_id=new.record.client_id, redirect_uri="https://dpi.ght.test/cb",
-            scope="openid health", state="s", code_challenge=challenge, code_challenge_method="S256",
-        )
-    )  # fmt: skip
-    callback = redirect_params(
-        browser.follow(browser.sign_in(page, "hlefevre@chnimes.test", DOCTOR_PASSWORD))
+    info = browser.code_flow(
+        new.record.client_id,
+        new.secret or "",
+        "https://dpi.ght.test/cb",
+        "hlefevre@chnimes.test",
+        DOCTOR_PASSWORD,
     )
-    tokens = hospital.http.post(
-        "/token",
-        data={"grant_type": "authorization_code", "code": callback["code"], "code_verifier": verifier,
-              "redirect_uri": "https://dpi.ght.test/cb"},
-        auth=(new.record.client_id, new.secret or ""),
-    ).json()  # fmt: skip
-    info = hospital.http.get(
-        "/userinfo", headers={"Authorization": f"Bearer {tokens['access_token']}"}
-    ).json()
     assert info["sub"] == hospital.person_id("hlefevre") and info["current_site"] == SITE
 
 

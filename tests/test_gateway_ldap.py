@@ -22,7 +22,7 @@ from directory_sync.sync import run_sync
 from sso_gateway import Gateway
 from sso_gateway.web.app import create_app
 from tests.hospitals import ldap_connection, person, rpps, suffix_ldif, write_config, write_site
-from tests.servers.gateway import Browserless, gateway_toml, pkce_pair, redirect_params
+from tests.servers.gateway import Browserless, gateway_toml
 from tests.servers.slapd import SlapdServer, Suffix, ssha, start_slapd
 
 ISSUER = "https://sso.ght.test"
@@ -122,25 +122,10 @@ def test_a_clinician_signs_in_with_the_hospital_password_whatever_login_they_typ
 def test_the_whole_flow_signs_in_through_the_directory(directories: Directories) -> None:
     new = directories.gateway.clients.add("DPI", redirect_uris=["https://dpi.ght.test/cb"])
     browser = Browserless(directories.http, ISSUER)  # type: ignore[arg-type]
-    verifier, challenge = pkce_pair()
-    page = browser.follow(
-        browser.authorize(
-            response_type="code", client_id=new.record.client_id, redirect_uri="https://dpi.ght.test/cb",
-            scope="openid health", state="s", code_challenge=challenge, code_challenge_method="S256",
-        )
+    info = browser.code_flow(
+        new.record.client_id, new.secret or "", "https://dpi.ght.test/cb",
+        "ch-cavaillon\\helene.lefevre", DOCTOR_PASSWORD, site="ch-cavaillon",
     )  # fmt: skip
-    picker = browser.follow(browser.sign_in(page, "ch-cavaillon\\helene.lefevre", DOCTOR_PASSWORD))
-    assert "CH-CAVAILLON" in picker.text.upper()
-    callback = redirect_params(browser.pick_site(picker, "ch-cavaillon"))
-    tokens = directories.http.post(
-        "/token",
-        data={"grant_type": "authorization_code", "code": callback["code"], "code_verifier": verifier,
-              "redirect_uri": "https://dpi.ght.test/cb"},
-        auth=(new.record.client_id, new.secret or ""),
-    ).json()  # fmt: skip
-    info = directories.http.get(
-        "/userinfo", headers={"Authorization": f"Bearer {tokens['access_token']}"}
-    ).json()
     assert info["sub"] == directories.doctor_id and info["current_site"] == "ch-cavaillon"
 
 

@@ -13,7 +13,8 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -853,157 +854,165 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
             request, "recovery_codes.html", lang, codes=codes, next_url=next_url, enrolled=True
         )
 
-    def account_name(person_id: str) -> str:
-        with gateway.store.session() as db:
-            person = db.get(Person, person_id)
+    def account_name(person: Person | None, person_id: str) -> str:
+        """How an authenticator lists the account: the person's email, else their territorial id."""
         return (person.email if person and person.email else None) or person_id
 
-    @app.get("/security")
-    async def security(request: Request) -> Response:
+    @dataclass
+    class SecurityPage:
+        """A request to one of the person's security pages, past `security_gate`."""
+
+        request: Request
+        form: Any  # the submitted form (POST), else None
+        cookie: str | None
+        address: str
+        live: BrowserSession
+        lang: str
+
+        @property
+        def t(self) -> dict[str, str]:
+            return MESSAGES[self.lang]
+
+        @property
+        def csrf(self) -> str:
+            return session_csrf(self.cookie)
+
+    def security_page(
+        handler: Callable[[SecurityPage], Response],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A security page's endpoint: reads the form and cookie, passes the gate (session, CSRF, may
+        manage factors), then runs `handler` in a worker thread (it talks to the database)."""
+
+        async def endpoint(request: Request) -> Response:
+            form = await request.form() if request.method == "POST" else None
+            cookie = request.cookies.get(SESSION_COOKIE)
+            address = _address(request)
+
+            def run() -> Response:
+                gate = security_gate(request, cookie, form, address)
+                if isinstance(gate, Response):
+                    return gate
+                live, lang = gate
+                return handler(SecurityPage(request, form, cookie, address, live, lang))
+
+            return await run_in_threadpool(run)
+
+        endpoint.__doc__ = handler.__doc__
+        return endpoint
+
+    @security_page
+    def security(page: SecurityPage) -> Response:
         """The person's second factors: list, remove, add; recovery codes."""
-        cookie = request.cookies.get(SESSION_COOKIE)
-        address = _address(request)
+        query, _ = carried(page.request)
+        person_id = page.live.person_id
+        return pages.render(
+            page.request,
+            "security.html",
+            page.lang,
+            csrf=page.csrf,
+            factors=gateway.mfa.factors(person_id),
+            recovery_left=gateway.mfa.recovery_codes_left(person_id),
+            query=query,
+            notice=page.t["security_removed"] if page.request.query_params.get("removed") else None,
+        )
 
-        def run() -> Response:
-            gate = security_gate(request, cookie, None, address)
-            if isinstance(gate, Response):
-                return gate
-            live, lang = gate
-            t = MESSAGES[lang]
-            query, _ = carried(request)
-            return pages.render(
-                request,
-                "security.html",
-                lang,
-                csrf=session_csrf(cookie),
-                factors=gateway.mfa.factors(live.person_id),
-                recovery_left=gateway.mfa.recovery_codes_left(live.person_id),
-                query=query,
-                notice=t["security_removed"] if request.query_params.get("removed") else None,
-            )
-
-        return await run_in_threadpool(run)
-
-    @app.post("/security/remove")
-    @app.post("/security/recovery-codes")
-    async def security_change(request: Request) -> Response:
+    @security_page
+    def security_change(page: SecurityPage) -> Response:
         """Remove a factor, or make new recovery codes."""
-        action = request.url.path.rsplit("/", 1)[-1]
-        form = await request.form()
-        cookie = request.cookies.get(SESSION_COOKIE)
-        address = _address(request)
+        action = page.request.url.path.rsplit("/", 1)[-1]
+        person_id, address = page.live.person_id, page.address
+        if action == "remove":
+            gateway.mfa.remove(person_id, str(page.form.get("factor", "")), address=address)
+            return RedirectResponse("/security?removed=1", status_code=303)
+        if action == "recovery-codes" and gateway.mfa.factors(person_id):
+            codes = gateway.mfa.new_recovery_codes(person_id, address=address)
+            return pages.render(
+                page.request, "recovery_codes.html", page.lang, codes=codes, next_url="/security"
+            )
+        return RedirectResponse("/security", status_code=303)
 
-        def run() -> Response:
-            gate = security_gate(request, cookie, form, address)
-            if isinstance(gate, Response):
-                return gate
-            live, lang = gate
-            if action == "remove":
-                gateway.mfa.remove(live.person_id, str(form.get("factor", "")), address=address)
-                return RedirectResponse("/security?removed=1", status_code=303)
-            if action == "recovery-codes" and gateway.mfa.factors(live.person_id):
-                codes = gateway.mfa.new_recovery_codes(live.person_id, address=address)
-                return pages.render(request, "recovery_codes.html", lang, codes=codes, next_url="/security")
-            return RedirectResponse("/security", status_code=303)
-
-        return await run_in_threadpool(run)
-
-    @app.api_route("/security/totp", methods=["GET", "POST"])
-    async def enrol_totp(request: Request) -> Response:
+    @security_page
+    def enrol_totp(page: SecurityPage) -> Response:
         """Enrol an authenticator app: the QR code and its key, then a first code to confirm."""
-        form = await request.form() if request.method == "POST" else None
-        cookie = request.cookies.get(SESSION_COOKIE)
-        address = _address(request)
-
-        def run() -> Response:
-            gate = security_gate(request, cookie, form, address)
-            if isinstance(gate, Response):
-                return gate
-            live, lang = gate
-            t = MESSAGES[lang]
-            name = account_name(live.person_id)
-            query, _ = carried(request)
-            error, status, label = None, 200, t["totp_label_default"]
-            if form is None:
-                enrolment = gateway.mfa.begin_totp(live.person_id, name)
+        request, form, live, lang, t = page.request, page.form, page.live, page.lang, page.t
+        with gateway.store.session() as db:
+            name = account_name(db.get(Person, live.person_id), live.person_id)
+        query, _ = carried(request)
+        error, status, label = None, 200, t["totp_label_default"]
+        if form is None:
+            enrolment = gateway.mfa.begin_totp(live.person_id, name)
+        else:
+            credential = str(form.get("credential", ""))
+            label = str(form.get("label", ""))[:128].strip() or label
+            outcome = gateway.mfa.confirm_totp(
+                live.person_id, credential, str(form.get("code", ""))[:64], label, address=page.address
+            )
+            if outcome.ok:
+                return enrolled(request, lang, live, "otp", page.address)
+            found = gateway.mfa.pending_totp(live.person_id, credential, name)
+            enrolment = found or gateway.mfa.begin_totp(live.person_id, name)
+            if outcome.retry_after:
+                error, status = t["mfa_throttled"].format(seconds=outcome.retry_after), 429
             else:
-                credential = str(form.get("credential", ""))
-                label = str(form.get("label", ""))[:128].strip() or label
-                outcome = gateway.mfa.confirm_totp(
-                    live.person_id, credential, str(form.get("code", ""))[:64], label, address=address
-                )
-                if outcome.ok:
-                    return enrolled(request, lang, live, "otp", address)
-                found = gateway.mfa.pending_totp(live.person_id, credential, name)
-                enrolment = found or gateway.mfa.begin_totp(live.person_id, name)
-                if outcome.retry_after:
-                    error, status = t["mfa_throttled"].format(seconds=outcome.retry_after), 429
-                else:
-                    error, status = t["mfa_invalid"], 400
-            return pages.render(
-                request,
-                "totp_enrol.html",
-                lang,
-                status,
-                action="/security/totp" + query,
-                csrf=session_csrf(cookie),
-                credential_id=enrolment.credential_id,
-                secret=enrolment.secret,
-                uri=enrolment.uri,
-                qr_svg=enrolment.qr_svg,
-                label=label,
-                error=error,
-            )
+                error, status = t["mfa_invalid"], 400
+        return pages.render(
+            request,
+            "totp_enrol.html",
+            lang,
+            status,
+            action="/security/totp" + query,
+            csrf=page.csrf,
+            credential_id=enrolment.credential_id,
+            secret=enrolment.secret,
+            uri=enrolment.uri,
+            qr_svg=enrolment.qr_svg,
+            label=label,
+            error=error,
+        )
 
-        return await run_in_threadpool(run)
-
-    @app.api_route("/security/webauthn", methods=["GET", "POST"])
-    async def enrol_key(request: Request) -> Response:
+    @security_page
+    def enrol_key(page: SecurityPage) -> Response:
         """Register a security key or this device's authenticator (WebAuthn: needs JavaScript)."""
-        form = await request.form() if request.method == "POST" else None
-        cookie = request.cookies.get(SESSION_COOKIE)
-        address = _address(request)
-
-        def run() -> Response:
-            gate = security_gate(request, cookie, form, address)
-            if isinstance(gate, Response):
-                return gate
-            live, lang = gate
-            t = MESSAGES[lang]
-            error, status, label = None, 200, t["key_label_default"]
-            if form is not None:
-                label = str(form.get("label", ""))[:128].strip() or label
-                outcome = gateway.mfa.finish_registration(
-                    live.sid,
-                    live.person_id,
-                    str(form.get("challenge", "")),
-                    str(form.get("credential", ""))[:20000],
-                    label,
-                    address=address,
-                )
-                if outcome.ok and outcome.amr is not None:
-                    return enrolled(request, lang, live, outcome.amr, address)
-                error, status = t["mfa_key_invalid"], 400
-            with gateway.store.session() as db:
-                person = db.get(Person, live.person_id)
-            assert person is not None
-            challenge, options = gateway.mfa.registration_options(live.sid, person, account_name(person.id))
-            query, _ = carried(request)
-            return pages.render(
-                request,
-                "webauthn_enrol.html",
-                lang,
-                status,
-                scripts=True,
-                action="/security/webauthn" + query,
-                csrf=session_csrf(cookie),
-                challenge=challenge,
-                webauthn_options=options,
-                label=label,
-                error=error,
+        request, form, live, lang, t = page.request, page.form, page.live, page.lang, page.t
+        error, status, label = None, 200, t["key_label_default"]
+        if form is not None:
+            label = str(form.get("label", ""))[:128].strip() or label
+            outcome = gateway.mfa.finish_registration(
+                live.sid,
+                live.person_id,
+                str(form.get("challenge", "")),
+                str(form.get("credential", ""))[:20000],
+                label,
+                address=page.address,
             )
+            if outcome.ok and outcome.amr is not None:
+                return enrolled(request, lang, live, outcome.amr, page.address)
+            error, status = t["mfa_key_invalid"], 400
+        with gateway.store.session() as db:
+            person = db.get(Person, live.person_id)
+        assert person is not None
+        name = account_name(person, person.id)
+        challenge, options = gateway.mfa.registration_options(live.sid, person, name)
+        query, _ = carried(request)
+        return pages.render(
+            request,
+            "webauthn_enrol.html",
+            lang,
+            status,
+            scripts=True,
+            action="/security/webauthn" + query,
+            csrf=page.csrf,
+            challenge=challenge,
+            webauthn_options=options,
+            label=label,
+            error=error,
+        )
 
-        return await run_in_threadpool(run)
+    app.add_api_route("/security", security, methods=["GET"])
+    app.add_api_route("/security/remove", security_change, methods=["POST"])
+    app.add_api_route("/security/recovery-codes", security_change, methods=["POST"])
+    app.add_api_route("/security/totp", enrol_totp, methods=["GET", "POST"])
+    app.add_api_route("/security/webauthn", enrol_key, methods=["GET", "POST"])
 
     # -- logout ---------------------------------------------------------------------------------------
 
