@@ -21,6 +21,7 @@ caller commits once per site, so a failure or a kill leaves nothing half-written
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -113,7 +114,9 @@ class SitePlan:
     complete: bool
     read: int = 0
     unchanged: int = 0
-    known_accounts: int = 0  # accounts of the site in the directory, not closed, before this run
+    # Accounts of the site in the directory, not closed, before this run (a delta's: counted only when
+    # it closes some, and only as far as the closure threshold needs).
+    known_accounts: int = 0
     actions: list[AccountAction] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -291,12 +294,7 @@ class SitePlanner:
         self._known: dict[str, _Known] = {}
         self._looked_up: set[str] | None = None  # None: every known account is in _known
         if delta:
-            self._looked_up = set()
-            self.plan.known_accounts = session.execute(
-                select(func.count())
-                .select_from(_ACCOUNT)
-                .where(_ACCOUNT.c.site == site, _ACCOUNT.c.state != AccountState.DELETED)
-            ).scalar_one()
+            self._looked_up = set()  # and known_accounts is counted at the end, only if needed
         else:
             self.load_all()
         self._seen: set[str] = set()
@@ -462,10 +460,12 @@ class SitePlanner:
             )
         )
 
-    def finish(self, *, complete: bool) -> SitePlan:
+    def finish(self, *, complete: bool, describe: bool = True) -> SitePlan:
         """Close the accounts not seen, but only if the source was read completely.
 
         A delta read (only what changed) is not complete: it closes only the deletions it reports.
+        `describe`: work out what each update changes, from what to what, for a reader of the plan
+        (a run that applies it straight away needs no such detail: its audit trail has it).
         """
         plan = self.plan
         plan.complete = complete
@@ -485,8 +485,29 @@ class SitePlanner:
                             known.id,
                         )
                     )
-        self._describe_changes()
+        else:
+            self._count_known()
+        if describe:
+            self._describe_changes()
         return plan
+
+    def _count_known(self) -> None:
+        """A delta's `known_accounts`: counted only when it closes accounts, and only as far as the
+        closure threshold needs (a count of the whole site would cost what the directory holds)."""
+        closures = self.plan.count(ActionKind.CLOSE)
+        if not closures:
+            return
+        safety = self.context.config.safety
+        enough = safety.min_accounts_for_percent
+        if safety.max_closure_percent > 0:
+            enough = max(enough, math.ceil(closures * 100 / safety.max_closure_percent))
+        known = (
+            select(_ACCOUNT.c.id)
+            .where(_ACCOUNT.c.site == self.site, _ACCOUNT.c.state != AccountState.DELETED)
+            .limit(enough + 1)
+            .subquery()
+        )
+        self.plan.known_accounts = self.session.execute(select(func.count()).select_from(known)).scalar_one()
 
     def _describe_changes(self) -> None:
         """Fill in what each update and close changes (from -> to), for the plan's reader."""

@@ -230,7 +230,7 @@ def _sync_site(
             else:
                 feed(reader.read_all())
             # Only a full read proves that an account not seen is gone; a delta closes what it reports.
-            plan = planner.finish(complete=result.mode == SyncMode.FULL)
+            plan = planner.finish(complete=result.mode == SyncMode.FULL, describe=dry_run)
         except SyncError as exc:
             session.rollback()
             result.url = exc.url
@@ -272,13 +272,17 @@ def _sync_site(
             watermark = reader.watermark
             if watermark is None and reader.supports_delta and reader.no_watermark_reason:
                 result.mode_reason = f"{result.mode_reason}; no watermark taken: {reader.no_watermark_reason}"
-            # In the same transaction as the changes: an interrupted run leaves the old watermark.
+            # In the same transaction as the changes: an interrupted run leaves the old watermark, and
+            # the run's record says it succeeded only if its changes were committed.
             save_watermark(session, site.code, watermark, scope=scope, run_id=run_id, now=now)
+            result.status = RunStatus.SUCCEEDED
+            result.seconds = time.monotonic() - started
+            if run_id is not None:
+                _record_finish(session, run_id, result)
             session.commit()
+            return result
     result.status = RunStatus.SUCCEEDED
     result.seconds = time.monotonic() - started
-    if run_id is not None:
-        _finish_run(store, run_id, result)
     return result
 
 
@@ -311,13 +315,19 @@ def _start_run(store: Store, site: str) -> int:
 
 def _finish_run(store: Store, run_id: int, result: SiteResult) -> None:
     with store.session() as session:
-        run = session.get(SyncRun, run_id)
-        assert run is not None
-        for name in (*COUNTS, "error", "mode", "mode_reason"):
-            setattr(run, name, getattr(result, name))
-        run.status = result.status
-        run.finished_at = utcnow()
+        _record_finish(session, run_id, result)
         session.commit()
+
+
+def _record_finish(session: Session, run_id: int, result: SiteResult) -> None:
+    session.execute(
+        update(SyncRun)
+        .where(col(SyncRun.id) == run_id)
+        .values(
+            {name: getattr(result, name) for name in (*COUNTS, "error", "mode", "mode_reason")}
+            | {"status": result.status, "finished_at": utcnow()}
+        )
+    )
 
 
 def last_runs(session: Session, sites: list[str]) -> dict[str, SyncRun | None]:

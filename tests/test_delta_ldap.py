@@ -14,10 +14,13 @@ from typing import Any
 
 import ldap3
 import pytest
+from pyasn1.codec.ber import encoder
+from pyasn1.error import PyAsn1Error
 from sqlalchemy import update
 from sqlmodel import col
 
 from directory_sync.config import Settings, load_settings
+from directory_sync.connectors.syncrepl import _SyncStateValue, decode_sync_state
 from directory_sync.store import SiteWatermark, Store, open_store
 from directory_sync.sync import SiteResult, run_sync
 from tests.ad_sites import active_logins, assert_same_directory, password_file
@@ -183,3 +186,51 @@ def test_a_site_anchored_on_another_attribute_than_entryuuid_is_read_completely(
     result = run(side)
     assert result.mode == "full"
     assert "syncrepl reports deletions by entryUUID" in (result.mode_reason or "")
+
+
+@pytest.mark.parametrize("state", ["present", "add", "modify", "delete"])
+@pytest.mark.parametrize(
+    "cookie", [None, b"", b"rid=000,csn=20261123120000.000000Z#000000#000#000000", b"x" * 300]
+)
+def test_sync_state_controls_decode_as_rfc_4533_defines_them(state: str, cookie: bytes | None) -> None:
+    # Every delta entry carries one; they are read by hand, so check against pyasn1's BER encoding,
+    # including a cookie long enough for the long form of a BER length.
+    value = _SyncStateValue()
+    value["state"] = state
+    value["entryUUID"] = bytes(range(16))
+    if cookie is not None:
+        value["cookie"] = cookie
+    assert decode_sync_state(encoder.encode(value)) == (state, bytes(range(16)), cookie)
+
+
+@pytest.mark.parametrize(
+    "garbled",
+    [
+        b"",
+        b"\x30",
+        b"\x31\x03\x0a\x01\x01",
+        b"\x30\x03\x0a\x01\x07",
+        b"\x30\x05\x0a\x01\x01\x04\x10",
+        b"\x30\x85\x00",
+    ],
+)
+def test_a_garbled_sync_state_control_is_refused(garbled: bytes) -> None:
+    with pytest.raises(PyAsn1Error):
+        decode_sync_state(garbled)
+
+
+def test_a_delta_closing_too_many_accounts_trips_the_threshold(avignon: SlapdServer, tmp_path: Path) -> None:
+    settings, store = configure(avignon, tmp_path, f"sqlite:///{tmp_path}/ght.db")
+    (tmp_path / "mappings" / "correlation.yaml").write_text("safety:\n  min_accounts_for_percent: 5\n")
+    settings = load_settings(tmp_path / "ght.toml")
+    run((settings, store))
+    with admin(avignon) as conn:
+        conn.delete(f"uid=fgarnier,{PEOPLE}")
+        conn.delete(f"uid=hblanc,{PEOPLE}")
+    (stopped,) = run_sync(settings, store)
+    assert (stopped.mode, stopped.status) == ("delta", "failed")
+    assert "would close 2 of 8 accounts (25%), more than max_closure_percent = 10%" in (stopped.error or "")
+    assert "hblanc" in active_logins(store, SITE)  # nothing applied, the watermark kept
+    (applied,) = run_sync(settings, store, allow_closures=2)
+    assert (applied.mode, applied.status, applied.closed) == ("delta", "succeeded", 2)
+    assert "hblanc" not in active_logins(store, SITE)
