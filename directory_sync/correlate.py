@@ -274,6 +274,16 @@ class PersonIndex:
             self._read(found - self._loaded)
         return found
 
+    def prepare(self, probes: Collection[Probe]) -> None:
+        """Read at once the candidates of several accounts about to be correlated (a batch of a
+        delta's new accounts): two queries for the batch instead of two per account."""
+        if self._complete or not probes:
+            return
+        keys: set[str] = set()
+        for probe in probes:
+            keys |= probe.lookup_keys()
+        self._fetch(keys, accounts=len(probes))
+
     def load_everything(self) -> None:
         """Read every stored person (values already indexed stay: the index holds sets)."""
         if self._complete or self._stored is None:
@@ -282,14 +292,14 @@ class PersonIndex:
             self.add(person_id, values, site)
         self._complete = True
 
-    def _fetch(self, keys: set[str]) -> None:
+    def _fetch(self, keys: set[str], accounts: int = 1) -> None:
         assert self._stored is not None
         wanted = keys - self._fetched
         if not wanted:
             return
         if self._bulk_after is None:
             self._bulk_after = int(self._stored.size() * self.BULK_FRACTION)
-        self._lookups += 1
+        self._lookups += accounts
         if self._lookups > self._bulk_after:
             self.load_everything()
             return

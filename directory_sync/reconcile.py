@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from .config import CorrelationConfig, Safety, Survivorship
@@ -164,8 +164,8 @@ class LoginAllocator:
         self._lookups = 0
 
     def allocate(self, given: str | None, family: str) -> str:
-        base = _login_base(given, family)[: self.max_length - 3].rstrip(".-")
-        self._read_taken(base)
+        base = self._base(given, family)
+        self._read_taken([base])
         login, n = base, 1
         while login in self.taken:
             n += 1
@@ -173,20 +173,32 @@ class LoginAllocator:
         self.taken.add(login)
         return login
 
-    def _read_taken(self, base: str) -> None:
-        if self._complete or base in self._read:
+    def prepare(self, names: Iterable[tuple[str | None, str]]) -> None:
+        """Read at once the taken logins that the people about to be created (given, family) may
+        collide with: one query for a batch instead of one per person."""
+        self._read_taken([self._base(given, family) for given, family in names])
+
+    def _base(self, given: str | None, family: str) -> str:
+        return _login_base(given, family)[: self.max_length - 3].rstrip(".-")
+
+    def _read_taken(self, bases: list[str]) -> None:
+        if self._complete:
             return
-        self._lookups += 1
+        wanted = sorted(set(bases) - self._read)
+        if not wanted:
+            return
+        self._lookups += len(wanted)
         with Session(self._engine) as session:
             if self._lookups > self.BULK_AFTER:  # a large arrival: read every login once
-                query = select(_PERSON.c.login).where(_PERSON.c.login.is_not(None))
-                self._complete = True
-            else:  # logins starting with `base` (base2, base3...; others too, harmlessly)
-                query = select(_PERSON.c.login).where(
-                    _PERSON.c.login >= base, _PERSON.c.login < base + "\x7f"
+                self.taken.update(
+                    session.execute(select(_PERSON.c.login).where(_PERSON.c.login.is_not(None))).scalars()
                 )
-                self._read.add(base)
-            self.taken.update(session.execute(query).scalars())
+                self._complete = True
+                return
+            for chunk in _chunks(wanted, 100):  # logins starting with a base (base2, base3...; others too)
+                ranges = [and_(_PERSON.c.login >= b, _PERSON.c.login < b + "\x7f") for b in chunk]
+                self.taken.update(session.execute(select(_PERSON.c.login).where(or_(*ranges))).scalars())
+            self._read.update(wanted)
 
 
 class _StoredPeople:
@@ -292,6 +304,7 @@ class SitePlanner:
         self.site = site
         self.plan = SitePlan(site=site, complete=False)
         self._known: dict[str, _Known] = {}
+        self._probes: dict[str, Probe] = {}  # new accounts' probes, worked out by `look_up`
         self._looked_up: set[str] | None = None  # None: every known account is in _known
         if delta:
             self._looked_up = set()  # and known_accounts is counted at the end, only if needed
@@ -313,15 +326,20 @@ class SitePlanner:
         self._looked_up = None
         self.plan.known_accounts = sum(1 for k in self._known.values() if k.state != AccountState.DELETED)
 
-    def look_up(self, anchors: Iterable[str]) -> None:
-        """Read the known accounts among `anchors` in one query (a delta; a full read has them all)."""
-        if self._looked_up is None:
-            return
-        wanted = sorted(set(anchors) - self._looked_up)
-        for chunk in _chunks(wanted, _CHUNK):
-            for row in self.session.execute(self._select_known().where(_ACCOUNT.c.anchor.in_(chunk))):
-                self._known[row.anchor] = _Known(row.id, row.fingerprint, row.person_id, row.state)
-        self._looked_up.update(wanted)
+    def look_up(self, accounts: Sequence[MappedAccount]) -> None:
+        """Before a batch of accounts is added: read the known ones in one query (a delta; a full read
+        has them all), then the candidates of the new ones, for all of them at once."""
+        if self._looked_up is not None:
+            wanted = sorted({a.anchor for a in accounts} - self._looked_up)
+            for chunk in _chunks(wanted, _CHUNK):
+                for row in self.session.execute(self._select_known().where(_ACCOUNT.c.anchor.in_(chunk))):
+                    self._known[row.anchor] = _Known(row.id, row.fingerprint, row.person_id, row.state)
+            self._looked_up.update(wanted)
+        new = [a for a in accounts if not a.deleted and a.anchor not in self._known]
+        for account in new:
+            self._probes[account.anchor] = Probe.of(account.values, self.plan.site)
+        self.context.index.prepare([self._probes[a.anchor] for a in new])
+        self.context.logins.prepare((a.get("given_name"), a.values.get("family_name") or "") for a in new)
 
     def _lookup(self, anchor: str) -> _Known | None:
         if self._looked_up is not None and anchor not in self._looked_up:
@@ -381,6 +399,7 @@ class SitePlanner:
 
     def _correlate(self, account: MappedAccount) -> AccountAction:
         """A new account: a human's remembered decision first, then the correlation rules."""
+        prepared = self._probes.pop(account.anchor, None)
         excluded: set[str] = set()
         for decision in self.context.decisions.get((self.plan.site, account.anchor), []):
             if decision.kind == "link" and decision.person_id:
@@ -395,7 +414,7 @@ class SitePlanner:
                 return self._create(account, f"kept apart by {decision.decided_by}", None)
             if decision.kind == "not" and decision.person_id:
                 excluded.add(decision.person_id)
-        probe = Probe.of(account.values, self.plan.site)
+        probe = prepared or Probe.of(account.values, self.plan.site)
         verdict = self.context.correlator.decide(probe, excluded=excluded)
         if verdict.verdict is Verdict.LINK and verdict.person_id:
             return self._link(
@@ -840,10 +859,7 @@ def apply_plan(
     for chunk in _chunks(updates, _CHUNK):
         session.execute(
             update(_ACCOUNT).where(_ACCOUNT.c.id == bindparam("account_id")),
-            [
-                _account_row(a, plan.site, now) | {"account_id": a.account_id, "deleted_at": None}
-                for a in chunk
-            ],
+            [_account_row(a, now) | {"account_id": a.account_id, "deleted_at": None} for a in chunk],
         )
     closes = list(plan.of(ActionKind.CLOSE))
     for chunk in _chunks(closes, _CHUNK):
@@ -909,28 +925,29 @@ def _account_ids(session: Session, site: str, anchors: list[str]) -> dict[str, i
 
 def _new_account_row(action: AccountAction, site: str, now: datetime, linked_by: str) -> dict[str, Any]:
     """The row of an account seen for the first time: why it belongs to its person, and since when."""
-    return _account_row(action, site, now) | {"first_seen_at": now, "linked_by": linked_by}
+    assert action.account is not None
+    return _account_row(action, now) | {
+        "site": site,
+        "anchor": action.account.anchor,
+        "person_id": action.person_id,
+        "first_seen_at": now,
+        "linked_by": linked_by,
+    }
 
 
-def _account_row(action: AccountAction, site: str, now: datetime) -> dict[str, Any]:
+def _account_row(action: AccountAction, now: datetime) -> dict[str, Any]:
+    """What the source says of an account (an update leaves its site, anchor and person alone)."""
     account = action.account
     assert account is not None
     return {
-        "site": site,
-        "anchor": account.anchor,
         "dn": account.dn,
         "login": account.login,
         "state": _state(account),
-        "person_id": action.person_id,
         "attributes": dict(account.values),
         "fingerprint": account.fingerprint,
         "facts": dict(account.facts),
         "last_changed_at": now,
     }
-
-
-_PERSON_COLUMNS = (*PERSON_FIELDS, "provenance", "status", "suspended_at", "deprovisioned_at")
-_AFFILIATION_COLUMNS = (*AFFILIATION_FIELDS, "active", "primary", "started_at", "ended_at")
 
 
 def refresh_people(
@@ -1007,9 +1024,7 @@ def refresh_people(
                     continue
                 changes = {k: v for k, v in wanted.items() if getattr(existing, k) != v}
                 if changes:
-                    changed_affiliations.append(
-                        {"affiliation_id": existing.id, **_full(existing, changes, _AFFILIATION_COLUMNS)}
-                    )
+                    changed_affiliations.append({"affiliation_id": existing.id, **changes})
                     action = "affiliation.updated"
                     if "active" in changes:
                         action = "affiliation.opened" if wanted["active"] else "affiliation.closed"
@@ -1041,9 +1056,7 @@ def refresh_people(
                 changes.update(status=PersonStatus.ACTIVE, suspended_at=None, deprovisioned_at=None)
                 result.reactivated += 1
             if changes:
-                changed_people.append(
-                    {"person_id": person_id, **_full(person, changes, _PERSON_COLUMNS), "updated_at": now}
-                )
+                changed_people.append({"person_id": person_id, **changes, "updated_at": now})
                 visible = {k: v for k, v in changes.items() if k != "provenance"}
                 if visible:
                     names: dict[str, str] = {
@@ -1061,14 +1074,20 @@ def refresh_people(
                     )
         if new_affiliations:
             session.execute(insert(_AFFILIATION), new_affiliations)
-        if changed_affiliations:
-            session.execute(
-                update(_AFFILIATION).where(_AFFILIATION.c.id == bindparam("affiliation_id")),
-                changed_affiliations,
-            )
-        if changed_people:
-            session.execute(update(_PERSON).where(_PERSON.c.id == bindparam("person_id")), changed_people)
+        _update_many(session, _AFFILIATION, "affiliation_id", changed_affiliations)
+        _update_many(session, _PERSON, "person_id", changed_people)
     return result
+
+
+def _update_many(session: Session, table: Any, key: str, rows: list[dict[str, Any]]) -> None:
+    """Update rows by id (`key` holds it), setting only the columns each row changes: rows that change
+    the same columns go in one executemany (which needs the same keys in every parameter set), and a
+    column left alone costs nothing, not even its index."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(sorted(row))].append(row)
+    for group in groups.values():
+        session.execute(update(table).where(table.c.id == bindparam(key)), group)
 
 
 def _changes(old: Any, new: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
@@ -1082,12 +1101,6 @@ def _changes(old: Any, new: dict[str, Any], names: Iterable[str]) -> dict[str, A
         for n in names
         if (old.get(n) if old else None) != new.get(n)
     }
-
-
-def _full(row: Any, changes: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
-    """Every updatable column of `row`, with `changes` applied: executemany needs the same keys in
-    every parameter set."""
-    return {name: changes.get(name, getattr(row, name)) for name in columns}
 
 
 def deprovision_expired(session: Session, grace_days: int, now: datetime, actor: Actor) -> int:

@@ -13,6 +13,7 @@ of the same site, from this host or another, is skipped.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
 from collections.abc import Callable, Iterable
@@ -130,6 +131,7 @@ def run_sync(
     Sites share one `RunContext`: people created or linked at one site are candidates at the next.
     Then people suspended for longer than the grace period are deprovisioned.
     """
+    _freeze_long_lived()
     mappings = check_sites(settings, sites)
     config = settings.correlation
     with store.session() as session:
@@ -155,6 +157,20 @@ def run_sync(
             deprovision_expired(session, config.safety.grace_days, utcnow(), Actor("sync: grace period"))
             session.commit()
     return results
+
+
+_FROZEN = False
+
+
+def _freeze_long_lived() -> None:
+    """Once per process, before its first run: what is alive then (modules, the configuration) lives
+    as long as the process, so the garbage collector's full passes stop walking it (`gc.freeze`). A
+    delta run allocates enough to trigger several, which took a tenth of its time walking objects that
+    can never be garbage. Objects made afterwards are collected as usual."""
+    global _FROZEN
+    if not _FROZEN:
+        gc.freeze()
+        _FROZEN = True
 
 
 def sync_site(
@@ -213,7 +229,7 @@ def _sync_site(
         def feed(accounts: Iterable[MappedAccount]) -> None:
             stream = iter(accounts)
             while batch := list(itertools.islice(stream, 500)):
-                planner.look_up(a.anchor for a in batch)  # a delta's known accounts: one query per batch
+                planner.look_up(batch)  # a delta's known accounts, new accounts' candidates: per batch
                 for account in batch:
                     planner.add(account)
                 if progress is not None:
