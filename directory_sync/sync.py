@@ -13,10 +13,11 @@ of the same site, from this host or another, is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,7 +132,19 @@ def run_sync(
     Sites share one `RunContext`: people created or linked at one site are candidates at the next.
     Then people suspended for longer than the grace period are deprovisioned.
     """
-    _freeze_long_lived()
+    with _collector_paused():
+        return _run_sync(settings, store, sites, dry_run, allow_closures, progress, full)
+
+
+def _run_sync(
+    settings: Settings,
+    store: Store,
+    sites: list[str] | None,
+    dry_run: bool,
+    allow_closures: int,
+    progress: Progress | None,
+    full: bool,
+) -> list[SiteResult]:
     mappings = check_sites(settings, sites)
     config = settings.correlation
     with store.session() as session:
@@ -159,18 +172,20 @@ def run_sync(
     return results
 
 
-_FROZEN = False
-
-
-def _freeze_long_lived() -> None:
-    """Once per process, before its first run: what is alive then (modules, the configuration) lives
-    as long as the process, so the garbage collector's full passes stop walking it (`gc.freeze`). A
-    delta run allocates enough to trigger several, which took a tenth of its time walking objects that
-    can never be garbage. Objects made afterwards are collected as usual."""
-    global _FROZEN
-    if not _FROZEN:
-        gc.freeze()
-        _FROZEN = True
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector stays off during a run. A run builds large, long-lived structures (the
+    people index, the plan); each time they grow by a quarter the collector walked all of them, which
+    took 18% of a first run's time at 100,000 accounts (4.5 s of 25 s, 15 full passes) and a tenth of a
+    delta's, to find about 600 objects in cycles. Reference counting still frees everything else as
+    it is dropped; the few cycles wait for the collector's next pass after the run."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def sync_site(
