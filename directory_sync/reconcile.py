@@ -1045,6 +1045,7 @@ def refresh_people(
                 for name, value in values.items()
                 if getattr(person, name) != value and not (name == "family_name" and not value)
             }
+            _keep_since(provenance, person.provenance or {}, changes)
             if changes or provenance != (person.provenance or {}):
                 changes["provenance"] = provenance
             any_active = primary is not None
@@ -1077,6 +1078,15 @@ def refresh_people(
         _update_many(session, _AFFILIATION, "affiliation_id", changed_affiliations)
         _update_many(session, _PERSON, "person_id", changed_people)
     return result
+
+
+def _keep_since(provenance: dict[str, Any], before: dict[str, Any], changed: dict[str, Any]) -> None:
+    """A value still taken from the same account keeps the date it was first taken from it: a change
+    to another of the account's attributes does not make it newer (nor rewrite the person)."""
+    for name, source in provenance.items():
+        old = before.get(name)
+        if old and name not in changed and (old["site"], old["anchor"]) == (source["site"], source["anchor"]):
+            provenance[name] = old
 
 
 def _update_many(session: Session, table: Any, key: str, rows: list[dict[str, Any]]) -> None:

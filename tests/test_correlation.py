@@ -362,3 +362,19 @@ def test_upgrading_a_directory_files_its_accounts_under_their_correlation_keys(g
     ght.put("ch-c", "mdupont2", "DUPONT", "Marie", rpps=rpps(1))
     ght.sync()
     assert ght.person_of("ch-c", "mdupont2").id == ght.person_of("ch-a", "mdupont").id
+
+
+def test_provenance_dates_a_value_from_when_it_came_from_its_account(ght: Ght) -> None:
+    ght.put("ch-a", "pgarcia", "Garcia", "Paula", title="Infirmière", ou="Réanimation")
+    ght.sync()
+    first = ght.person_of("ch-a", "pgarcia").provenance
+    ght.entries["ch-a"]["pgarcia"]["ou"] = "Urgences"  # another attribute of the same account
+    ght.sync()
+    after = ght.person_of("ch-a", "pgarcia").provenance
+    assert after["family_name"] == first["family_name"]  # same value, same account: same date
+    ght.entries["ch-a"]["pgarcia"]["sn"] = "Garcia-Lopez"
+    ght.sync()
+    renamed = ght.person_of("ch-a", "pgarcia")
+    assert renamed.family_name == "Garcia-Lopez"
+    assert renamed.provenance["family_name"]["since"] > first["family_name"]["since"]
+    assert renamed.provenance["given_name"] == first["given_name"]
