@@ -22,6 +22,7 @@ candidates, their scores and the evidence; below, a new person is created.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -56,9 +57,10 @@ _PARTICLES = {
 }
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def fold(text: str) -> str:
     """Lower case, ASCII (accents stripped, ligatures spelt out: Lætitia -> laetitia), letters and
-    digits only, words separated by one space."""
+    digits only, words separated by one space. Names repeat a lot: each is folded once."""
     chars = [c if c.isalnum() else " " for c in to_ascii(text).lower()]
     return " ".join("".join(chars).split())
 
@@ -379,8 +381,22 @@ class Correlator:
                 best = Candidate(person_id, score, rule, evidence)
 
         rules = self._rules
-        family_similarity = _best(probe.families, profile.families)
-        given_similarity = _best({probe.given} - {""}, profile.givens)
+        fuzzy = rules.get("fuzzy_name")
+        # Within the same profession; people with none (administrative staff) compare among themselves.
+        # An account with no given name (an incomplete entry) has too little to go on: any profession,
+        # and a lower score, so that it can only ever reach review.
+        profession = probe.profession
+        same_profession = profession in profile.professions if profession else not profile.professions
+        fuzzy_applies = (
+            fuzzy is not None
+            and bool(probe.families)
+            and not (fuzzy.same_profession and not same_profession and probe.given)
+        )
+        same_birth_date = bool(probe.birth_date and probe.birth_date in profile.birth_dates)
+        family_similarity = given_similarity = 0.0
+        if same_id or same_birth_date or fuzzy_applies:  # the names count: compare them (Jaro-Winkler)
+            family_similarity = _best(probe.families, profile.families)
+            given_similarity = _best({probe.given} - {""}, profile.givens)
         same_name = family_similarity == 1.0 and given_similarity == 1.0
         if "national_id" in rules and same_id:
             evidence = [f"RPPS {probe.rpps}" if probe.rpps in profile.rpps else f"ADELI {probe.adeli}"]
@@ -394,26 +410,13 @@ class Correlator:
             consider("national_id", confidence, evidence)
         if "email" in rules and probe.email and probe.email in profile.emails:
             consider("email", rules["email"].confidence, [f"email {probe.email}"])
-        if (
-            "name_and_birth_date" in rules
-            and same_name
-            and probe.birth_date
-            and probe.birth_date in profile.birth_dates
-        ):
+        if "name_and_birth_date" in rules and same_name and same_birth_date:
             consider(
                 "name_and_birth_date",
                 rules["name_and_birth_date"].confidence,
                 ["same names", f"born {probe.birth_date}"],
             )
-        fuzzy = rules.get("fuzzy_name")
-        if fuzzy is not None and probe.families:
-            # Within the same profession; people with none (administrative staff) compare among themselves.
-            # An account with no given name (an incomplete entry) has too little to go on: any profession,
-            # and a lower score, so that it can only ever reach review.
-            profession = probe.profession
-            same_profession = profession in profile.professions if profession else not profile.professions
-            if fuzzy.same_profession and not same_profession and probe.given:
-                return best
+        if fuzzy is not None and fuzzy_applies:
             similarity = min(family_similarity, given_similarity) if probe.given else family_similarity
             if similarity >= fuzzy.min_similarity:
                 evidence = ["same names" if same_name else f"names {similarity:.0%} alike"]

@@ -21,6 +21,7 @@ caller commits once per site, so a failure or a kill leaves nothing half-written
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from collections import defaultdict
@@ -135,12 +136,19 @@ class SitePlan:
 # What a run knows before planning: people, logins, human decisions.
 
 
-def _login_base(given: str | None, family: str) -> str:
-    def part(text: str) -> str:
-        ascii_text = to_ascii(text).lower().replace("'", "")
-        return "-".join(w for w in re.split(r"[^a-z0-9]+", ascii_text) if w)
+_NOT_LOGIN = re.compile(r"[^a-z0-9]+")
 
-    given_part, family_part = part(given or ""), part(family) or "x"
+
+@functools.lru_cache(maxsize=1 << 16)
+def _login_part(text: str) -> str:
+    """A name as it goes into a login: ASCII, lower case, words joined by hyphens (names repeat a lot
+    across a territory: each is worked out once)."""
+    ascii_text = to_ascii(text).lower().replace("'", "")
+    return "-".join(w for w in _NOT_LOGIN.split(ascii_text) if w)
+
+
+def _login_base(given: str | None, family: str) -> str:
+    given_part, family_part = _login_part(given or ""), _login_part(family) or "x"
     return f"{given_part}.{family_part}" if given_part else family_part
 
 
@@ -176,7 +184,8 @@ class LoginAllocator:
     def prepare(self, names: Iterable[tuple[str | None, str]]) -> None:
         """Read at once the taken logins that the people about to be created (given, family) may
         collide with: one query for a batch instead of one per person."""
-        self._read_taken([self._base(given, family) for given, family in names])
+        if not self._complete:
+            self._read_taken([self._base(given, family) for given, family in names])
 
     def _base(self, given: str | None, family: str) -> str:
         return _login_base(given, family)[: self.max_length - 3].rstrip(".-")
