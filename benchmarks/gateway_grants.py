@@ -4,18 +4,24 @@ Starts a gateway (`--database sqlite`, the default, or `--database postgres`: a 
 tests/servers/postgres.py, or `--database-url`), and npm oidc-provider configured alike
 (tests/oidc_peers/provider.mjs: RS256, JWT access tokens, client_secret_basic, refresh-token rotation).
 Then, on loopback with `--concurrency` connections for `--seconds` each (grants driven by wrk and a Lua
-script when wrk is installed, else by async httpx; sign-ins by async httpx, a cookie jar per connection):
+script when wrk is installed, else by async httpx; sign-ins by signin_load.py's raw HTTP/1.1 client, a
+cookie jar per connection):
 
 - gateway: client-credentials grants; complete sign-ins (authorize -> login page -> login form POST
   checked by an LDAP bind to a private slapd whose hospital was synced into the store, or with
   `--signin local` against a local argon2id password -> code -> token, PKCE S256); refresh grants,
   rotating the refresh tokens the sign-ins left;
 - oidc-provider: client-credentials grants; refresh grants (each connection rotating its own token).
+  Always with its development in-memory adapter (no database at all); with `--database postgres`, also
+  a second instance whose models live in the gateway's PostgreSQL server (another database, the `pg`
+  adapter of provider.mjs): the comparison the gateway's design calls for, all state in the database
+  so that several processes behave as one. (SQLite: node 20 has no built-in driver, not measured.)
 
-Both servers stay up for the whole run; each grant measure on the gateway is followed at once by the
-same measure on oidc-provider, so that a ratio compares two measures taken under the same load of the
-machine. Prints rate, p50 and p95 per measure with the 1-minute load average, and the ratio gateway /
-oidc-provider with its conditions (gateway worker processes against one node process).
+All servers stay up for the whole run; each grant measure on the gateway is followed at once by the
+same measure on each oidc-provider, so that a ratio compares measures taken under the same load of the
+machine. Prints rate, p50 and p95 per measure with the 1-minute load average, and the ratios gateway /
+oidc-provider, one per oidc-provider (in memory always), with their conditions (gateway worker
+processes against one node process).
 
     npm ci --prefix tests/oidc_peers
     python benchmarks/gateway_grants.py --workers 2 --concurrency 64 --seconds 10 --database postgres
@@ -40,7 +46,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+from urllib.parse import parse_qs
 
 import httpx
 
@@ -51,9 +57,7 @@ from directory_sync.store import open_store  # noqa: E402
 from tests.servers.gateway import (  # noqa: E402
     PASSWORD,
     GatewayProcess,
-    form_fields,
     ght,
-    pkce_pair,
     seed_directory,
     write_config,
 )
@@ -95,16 +99,6 @@ async def drive(
     return latencies
 
 
-async def once(conc: int, step: Callable[[int, httpx.AsyncClient], Awaitable[None]]) -> None:
-    """`step` once on each of `conc` connections (a browser each)."""
-    clients = [httpx.AsyncClient(timeout=60) for _ in range(conc)]
-    try:
-        await asyncio.gather(*(step(i, client) for i, client in enumerate(clients)))
-    finally:
-        for client in clients:
-            await client.aclose()
-
-
 def _ok(response: httpx.Response) -> dict[str, Any]:
     if response.status_code != 200:
         raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text[:300]}")
@@ -134,44 +128,28 @@ def refresh(token_url: str, auth: tuple[str, str], chains: list[str]) -> Any:
     return step
 
 
-def sign_in(issuer: str, client_id: str, secret: str, refresh_tokens: list[str], login: str = LOGIN) -> Any:
-    """One complete sign-in in a fresh browser session: authorize -> login -> code -> token."""
+def sign_in(
+    issuer: str, client_id: str, secret: str, refresh_tokens: list[str], login: str = LOGIN
+) -> Callable[[int, float, int | None], list[float]]:
+    """Complete sign-ins, each in a fresh browser session: authorize -> login -> code -> token.
 
-    async def on_gateway(client: httpx.AsyncClient, response: httpx.Response) -> httpx.Response:
-        while response.status_code in (302, 303) and response.headers["location"].startswith(("/", issuer)):
-            response = await client.get(urljoin(issuer + "/", response.headers["location"]))
-        return response
+    Driven by benchmarks/signin_load.py's lean client (raw HTTP/1.1, keep-alive, a cookie jar per
+    connection emptied before each sign-in, every answer checked): the async httpx client it replaces
+    took about a third of the CPU the gateway got on the same 2 cores. Returns
+    `measure(connections, seconds, rounds)` -> latencies; each sign-in's refresh token is appended to
+    `refresh_tokens`.
+    """
+    from benchmarks.signin_load import SignInFlow, event_loop_run, run_signins
 
-    async def step(index: int, client: httpx.AsyncClient) -> None:
-        client.cookies.clear()  # a new person at the workstation: no gateway session to reuse
-        verifier, challenge = pkce_pair()
-        params = {
-            "response_type": "code", "client_id": client_id, "redirect_uri": CALLBACK,
-            "scope": "openid offline_access", "state": secrets.token_urlsafe(8),
-            "code_challenge": challenge, "code_challenge_method": "S256",
-        }  # fmt: skip
-        page = await on_gateway(client, await client.get(f"{issuer}/authorize?{urlencode(params)}"))
-        fields = form_fields(page.text)
-        action = fields.pop("__action__")
-        done = await on_gateway(
-            client,
-            await client.post(
-                urljoin(issuer + "/", action), data={**fields, "login": login, "password": PASSWORD}
-            ),
+    flow = SignInFlow(issuer, client_id, secret, login)
+
+    def measure(conc: int, seconds: float, rounds: int | None) -> list[float]:
+        latencies: list[float] = event_loop_run(
+            run_signins(flow, conc, seconds, refresh_tokens, rounds=rounds)
         )
-        location = done.headers.get("location", "")
-        if done.status_code not in (302, 303) or not location.startswith(CALLBACK):
-            raise RuntimeError(f"sign-in did not come back: {done.status_code} {done.text[:300]}")
-        code = parse_qs(urlsplit(location).query)["code"][0]
-        form = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier}
-        body = _ok(
-            await client.post(
-                f"{issuer}/token", data={**form, "redirect_uri": CALLBACK}, auth=(client_id, secret)
-            )
-        )
-        refresh_tokens.append(body["refresh_token"])
+        return latencies
 
-    return step
+    return measure
 
 
 WRK_SCRIPT = r"""
@@ -312,13 +290,16 @@ def ldap_directory(directory: Path, url: str, issuer: str) -> tuple[Path, Any]:
 class OidcProvider:
     """npm oidc-provider (tests/oidc_peers/provider.mjs) in a subprocess on a free loopback port."""
 
-    def __init__(self, client_id: str, secret: str) -> None:
+    def __init__(self, client_id: str, secret: str, database_url: str | None = None) -> None:
+        """`database_url`: a PostgreSQL database for its models (`pg` adapter), else in memory."""
         if shutil.which("node") is None or not (PEERS / "node_modules" / "oidc-provider").exists():
             raise SystemExit("oidc-provider is not installed: run `npm ci --prefix tests/oidc_peers`")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.adapter = "postgres" if database_url else "memory"  # `pg` adapter, or its development one
+        extra = [database_url.replace("postgresql+psycopg://", "postgresql://")] if database_url else []
         self.process = subprocess.Popen(
-            ["node", str(PEERS / "provider.mjs"), str(self.port), client_id, secret],
+            ["node", str(PEERS / "provider.mjs"), str(self.port), client_id, secret, *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -394,7 +375,7 @@ def main() -> None:
             url = postgres.create_database()
         else:
             url = f"sqlite:///{directory}/ght.db"
-        gateway = peer = slapd = None
+        gateway = peer = peer_db = slapd = None
         try:
             port = free_port()
             if args.signin == "ldap":
@@ -421,7 +402,7 @@ def main() -> None:
             gateway = GatewayProcess(config, port=port, workers=args.workers)
             print(
                 f"gateway: {args.workers} worker(s), {url.split(':', 1)[0]}, RS256, JWT access tokens; "
-                f"load: {args.load} for grants, httpx async for sign-ins, {conc} connections, "
+                f"load: {args.load} for grants, signin_load.py for sign-ins, {conc} connections, "
                 f"{seconds:g} s per measure, loopback; "
                 f"{os.cpu_count()} CPUs, Python {platform.python_version()}; load average {load_average()}"
             )
@@ -429,39 +410,47 @@ def main() -> None:
                 secret = secrets.token_urlsafe(32)
                 peer = OidcProvider("bench", secret)
                 print(f"oidc-provider {peer.version}: node {platform_node()}, one process, in-memory adapter")
+                if postgres is not None:  # the fairer reference: its state in the same PostgreSQL
+                    peer_db = OidcProvider("bench", secret, postgres.create_database())
+                    print(
+                        f"oidc-provider {peer_db.version}, second instance: one node process, its models in "
+                        "the gateway's PostgreSQL server (another database, `pg` adapter, 8 connections)"
+                    )
+                else:
+                    print(
+                        "oidc-provider with a database adapter: not measured (only with --database postgres: "
+                        f"node {platform_node()} has no built-in SQLite, node:sqlite needs node 22.5)"
+                    )
+            peers = [(f"oidc-provider ({p.adapter})", p) for p in (peer, peer_db) if p is not None]
             # Each gateway measure is followed at once by the same measure on oidc-provider (both
             # servers stay up, idle when not measured), so that a ratio compares two runs made under the
             # same load of the machine.
             cc_auth = (service["client_id"], service["client_secret"])
             token = f"{gateway.url}/token"
             grants("gateway client_credentials", token, cc_auth)
-            if peer is not None:
+            for name, server in peers:
                 grants(
-                    "oidc-provider client_credentials",
-                    f"{peer.url}/token",
-                    ("bench", secret),
-                    form="&scope=api",
+                    f"{name} client_credentials", f"{server.url}/token", ("bench", secret), form="&scope=api"
                 )
             issued: list[str] = []
-            step = sign_in(gateway.url, app["client_id"], app["client_secret"], issued, login)
+            signins = sign_in(gateway.url, app["client_id"], app["client_secret"], issued, login)
             results["gateway sign-in"] = report(
-                f"gateway complete sign-in ({args.signin})",
-                asyncio.run(drive(conc, seconds, step, shared=False)),
-                seconds,
+                f"gateway complete sign-in ({args.signin})", signins(conc, seconds, None), seconds
             )
             while len(issued) < 2 * conc:  # spare chains: wrk drops a request it could not write at once
-                asyncio.run(once(conc, step))
+                signins(conc, 0, 1)
             chains = issued[: 2 * conc]
             app_auth = (app["client_id"], app["client_secret"])
-            peer_chains = peer.refresh_tokens(2 * conc) if peer is not None else []
+            peer_chains = [server.refresh_tokens(2 * conc) for _, server in peers]
             grants("gateway refresh", token, app_auth, chains=chains)
-            if peer is not None:
-                grants("oidc-provider refresh", f"{peer.url}/token", ("bench", secret), chains=peer_chains)
+            for (name, server), minted in zip(peers, peer_chains, strict=True):
+                grants(f"{name} refresh", f"{server.url}/token", ("bench", secret), chains=minted)
+            for name, _ in peers:  # both ratios: the in-memory one is never left out
                 for grant in ("client_credentials", "refresh"):
-                    ours, theirs = results[f"gateway {grant}"], results[f"oidc-provider {grant}"]
+                    ours, theirs = results[f"gateway {grant}"], results[f"{name} {grant}"]
                     print(
-                        f"ratio gateway ({args.workers} worker processes) / oidc-provider (1 node process), "
-                        f"{grant}: {ours['per_second'] / theirs['per_second']:.2f}"
+                        f"ratio gateway ({args.workers} worker processes, {url.split(':', 1)[0]}) / "
+                        f"{name} (1 node process), {grant}: {ours['per_second'] / theirs['per_second']:.2f}"
                     )
             print(f"load average at the end: {load_average()}")
         finally:
@@ -469,6 +458,8 @@ def main() -> None:
                 gateway.stop()
             if peer is not None:
                 peer.stop()
+            if peer_db is not None:
+                peer_db.stop()
             if slapd is not None:
                 slapd.stop()
             if postgres is not None:

@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 
 from sqlalchemy import delete, select, text
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from directory_sync.config import GatewaySettings, LdapConnection, Settings
@@ -107,12 +108,19 @@ class Gateway:
             session.commit()
         return pending
 
-    def pending(self, pending_id: str | None, browser: str | None) -> PendingAuthorization | None:
-        """The pending request, only for the browser that started it and only while it is fresh."""
+    def pending(
+        self, pending_id: str | None, browser: str | None, session: Session | None = None
+    ) -> PendingAuthorization | None:
+        """The pending request, only for the browser that started it and only while it is fresh.
+
+        `session`: read in the caller's (the login form's POST: the sign-in's own transaction)."""
         if not pending_id or not browser:
             return None
-        with self.store.session() as session:
+        if session is not None:
             pending = session.get(PendingAuthorization, pending_id)
+        else:
+            with self.store.session() as own:
+                pending = own.get(PendingAuthorization, pending_id)
         if (
             pending is None
             or pending.browser_hash != digest(browser)

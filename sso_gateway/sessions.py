@@ -10,12 +10,13 @@ import hashlib
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from directory_sync.config import GatewaySettings
-from directory_sync.store import Store, utcnow
+from directory_sync.store import Affiliation, Store, sa_table, utcnow
 
 from .assurance import acr_for, rank, with_mfa
 from .models import BrowserSession, SessionClient, SiteChoice
@@ -43,6 +44,16 @@ class Sessions:
         `acr`: the level reached (upstream sign-ins compute it with `assurance.acr_for`); by default,
         the level `amr` reaches.
         """
+        record, cookie = self.new(person_id, amr, current_site, acr)
+        with self.store.session() as session:
+            session.add(record)
+            session.commit()
+        return record, cookie
+
+    def new(
+        self, person_id: str, amr: list[str], current_site: str | None, acr: str | None = None
+    ) -> tuple[BrowserSession, str]:
+        """A new session and its cookie, not yet written: the caller adds it to its own transaction."""
         cookie = secrets.token_urlsafe(32)
         now = utcnow()
         amr = with_mfa(amr)
@@ -57,9 +68,6 @@ class Sessions:
             created_at=now,
             expires_at=now + timedelta(seconds=self.settings.session_lifetime),
         )
-        with self.store.session() as session:
-            session.add(record)
-            session.commit()
         return record, cookie
 
     def current(self, cookie: str | None) -> BrowserSession | None:
@@ -111,6 +119,25 @@ def remember_site(session: Session, person_id: str, site: str) -> None:
 
 
 def add_session_client(session: Session, sid: str, client_id: str) -> None:
-    """Remember that `client_id` received tokens in session `sid` (for back-channel logout)."""
-    if session.get(SessionClient, (sid, client_id)) is None:
-        session.add(SessionClient(sid=sid, client_id=client_id))
+    """Remember that `client_id` received tokens in session `sid` (for back-channel logout).
+
+    One statement, no read first (nor the flush a read would cause): an upsert that keeps the row."""
+    table = sa_table(SessionClient)
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(dialect.insert(table).values(sid=sid, client_id=client_id).on_conflict_do_nothing())
+
+
+_SITE_CODES = (
+    select(col(Affiliation.site), col(SiteChoice.site))
+    .outerjoin(SiteChoice, col(SiteChoice.person_id) == col(Affiliation.person_id))
+    .where(col(Affiliation.person_id) == bindparam("person"), col(Affiliation.active).is_(True))
+    .order_by(col(Affiliation.started_at), col(Affiliation.site))
+)
+
+
+def site_codes(session: Session, person_id: str) -> list[str]:
+    """The sites of the person's active affiliations in the site picker's order (the last chosen one
+    first, then the home site...), as `ClaimsBuilder.sites_offered` orders them, in one query."""
+    rows = session.execute(_SITE_CODES, {"person": person_id}).all()
+    chosen = rows[0][1] if rows else None
+    return sorted((site for site, _ in rows), key=lambda site: chosen is not None and site != chosen)

@@ -13,20 +13,25 @@ down) gives the person the same answer; the audit trail says which it was.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from directory_sync.config import GatewaySettings
-from directory_sync.store import Account, AccountState, Affiliation, Person, PersonStatus, Store
+from directory_sync.store import Account, AccountState, Affiliation, Person, PersonStatus, Store, sa_table
 
 from .audit import record_event
-from .local_credentials import has_local_password, verify_local_password
+from .local_credentials import verify_local_password
 from .metrics import SIGNINS
+from .models import LocalCredential
 from .passthrough import BindOutcome, PassThrough
 from .throttle import Throttle
 
@@ -54,16 +59,11 @@ def find_person(session: Session, identifier: str) -> Match | None:
         return None
     site, backslash, login = text.rpartition("\\")
     accounts = select(Account).where(col(Account.state) != AccountState.DELETED)
-    if backslash:
-        rows = list(
-            session.execute(
-                accounts.where(func.lower(col(Account.site)) == site.lower()).where(
-                    func.lower(col(Account.login)) == login.lower()
-                )
-            ).scalars()
-        )
-        person = _one_person(session, {a.person_id for a in rows})
-        return Match(person, rows[0].id) if person else None
+    if backslash:  # the account and its person in one query (the usual sign-in: HOSPITAL\login)
+        found = session.execute(_BY_SITE_LOGIN, {"site": site.lower(), "login": login.lower()}).all()
+        if len({person.id for person, _ in found}) != 1:
+            return None  # nobody, or ambiguous
+        return Match(found[0][0], found[0][1])
     if "@" in text:
         people = {
             p
@@ -100,26 +100,54 @@ def find_person(session: Session, identifier: str) -> Match | None:
     return Match(person, rows[0].id if len(rows) == 1 else None) if person else None
 
 
-def candidate_accounts(session: Session, match: Match) -> list[Account]:
+class Candidate(NamedTuple):
+    """An account whose directory may check the password."""
+
+    id: int
+    site: str
+    dn: str
+    anchor: str
+    started_at: datetime  # the person's earliest active affiliation at that site
+
+
+def candidate_accounts(session: Session, match: Match) -> list[Candidate]:
     """The person's enabled accounts at sites where they are active: named one, home site, then others."""
-    active_sites = {
-        a.site: a.started_at
-        for a in session.execute(
-            select(Affiliation).where(
-                col(Affiliation.person_id) == match.person.id, col(Affiliation.active).is_(True)
-            )
-        ).scalars()
-    }
-    accounts = [
-        a
-        for a in session.execute(
-            select(Account).where(
-                col(Account.person_id) == match.person.id, col(Account.state) == AccountState.ENABLED
-            )
-        ).scalars()
-        if a.site in active_sites
-    ]
-    return sorted(accounts, key=lambda a: (a.id != match.account_id, active_sites[a.site], a.site))
+    earliest: dict[int, Candidate] = {}
+    for row in session.execute(_CANDIDATES, {"person": match.person.id}):
+        candidate = Candidate(int(row[0] or 0), row[1], row[2], row[3], row[4])
+        if candidate.id not in earliest or candidate.started_at < earliest[candidate.id].started_at:
+            earliest[candidate.id] = candidate
+    return sorted(earliest.values(), key=lambda a: (a.id != match.account_id, a.started_at, a.site))
+
+
+# Built once (composing a statement costs more than running it): the sign-in's lookups.
+_BY_SITE_LOGIN = (
+    select(Person, col(Account.id))
+    .join(Account, col(Account.person_id) == col(Person.id))
+    .where(
+        func.lower(col(Account.site)) == bindparam("site"),
+        func.lower(col(Account.login)) == bindparam("login"),
+        col(Account.state) != AccountState.DELETED,
+    )
+    .order_by(col(Account.id))
+)
+_CANDIDATES = (
+    select(
+        col(Account.id), col(Account.site), col(Account.dn), col(Account.anchor), col(Affiliation.started_at)
+    )
+    .join(
+        Affiliation,
+        (col(Affiliation.person_id) == col(Account.person_id)) & (col(Affiliation.site) == col(Account.site)),
+    )
+    .where(
+        col(Account.person_id) == bindparam("person"),
+        col(Account.state) == AccountState.ENABLED,
+        col(Affiliation.active).is_(True),
+    )
+)
+_HAS_LOCAL_PASSWORD = select(sa_table(LocalCredential).c.person_id).where(
+    sa_table(LocalCredential).c.person_id == bindparam("person")
+)
 
 
 class Failure(enum.StrEnum):
@@ -139,6 +167,8 @@ class SignInResult:
     retry_after: int = 0
     #: Where the password was checked: the site whose directory answered, or "local" (the gateway's).
     site: str | None = None
+    #: What the caller's `on_success` returned (written in the sign-in's own transaction).
+    after: Any = None
 
     @property
     def ok(self) -> bool:
@@ -154,8 +184,18 @@ class SignIn:
         self.passthrough = passthrough
         self.throttle = Throttle(settings)
 
-    def __call__(self, identifier: str, password: str, address: str) -> SignInResult:
-        with self.store.session() as session:
+    def __call__(
+        self,
+        identifier: str,
+        password: str,
+        address: str,
+        on_success: Callable[[Session, SignInResult], Any] | None = None,
+        session: Session | None = None,
+    ) -> SignInResult:
+        """`on_success(session, result)`: called on a success, in the transaction that audits it
+        (the caller adds the browser session there: one commit per sign-in); kept in `result.after`.
+        `session`: the caller's database session to work in (it is committed here), else a new one."""
+        with contextlib.nullcontext(session) if session is not None else self.store.session() as session:
             match = find_person(session, identifier)
             digest = hashlib.sha256(identifier.strip().lower().encode()).hexdigest()[:32]
             account_key = f"person:{match.person.id}" if match else f"login:{digest}"
@@ -175,6 +215,8 @@ class SignIn:
             result = self._check(session, match, password)
             person_id = match.person.id if match else None
             if result.ok:
+                if on_success is not None:  # first: its reads come before this transaction's writes
+                    result.after = on_success(session, result)
                 self.throttle.success(session, account_key)
                 record_event(session, "signin", person_id=person_id, address=address, amr=result.amr)
             else:
@@ -204,7 +246,7 @@ class SignIn:
         if match is None:
             return SignInResult(failure=Failure.UNKNOWN_LOGIN)
         person = match.person
-        if has_local_password(session, person.id):
+        if session.execute(_HAS_LOCAL_PASSWORD, {"person": person.id}).first() is not None:
             if not verify_local_password(session, person.id, password):
                 return SignInResult(failure=Failure.WRONG_PASSWORD, site="local")
             outcome_ok = True

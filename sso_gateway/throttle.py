@@ -13,10 +13,9 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
-from sqlmodel import col
 
 from directory_sync.config import GatewaySettings
 from directory_sync.store import sa_table, utcnow
@@ -41,8 +40,13 @@ class Throttle:
         now = utcnow()
         wait = 0.0
         found = session.info.setdefault("throttle_rows", {})
+        table = sa_table(LoginThrottle)
+        rows = session.execute(
+            select(table.c.key, table.c.locked_until, table.c.next_attempt_at).where(table.c.key.in_(keys))
+        )
+        by_key = {row.key: row for row in rows}  # one query for the account and the address
         for key in keys:
-            row = session.get(LoginThrottle, key)
+            row = by_key.get(key)
             found[key] = row is not None
             if row is None:
                 continue
@@ -88,4 +92,5 @@ class Throttle:
         """Forget the key's failures: nothing to write when `wait_seconds` found none in this session."""
         if session.info.get("throttle_rows", {}).get(key) is False:
             return
-        session.execute(delete(LoginThrottle).where(col(LoginThrottle.key) == key))
+        table = sa_table(LoginThrottle)
+        session.execute(delete(table).where(table.c.key == key))

@@ -331,7 +331,7 @@ def test_a_browser_signs_in_through_nginx_across_a_gateway_kill(cluster: Cluster
         page = context.new_page()
         page.goto(dpi.url)
         page.click("#login")
-        page.wait_for_url(f"{lb}/login*")
+        page.wait_for_url(f"{lb}/authorize*")  # the sign-in form, shown at /authorize
         page.get_by_label("Identifiant").fill(LOGIN)
         page.get_by_label("Mot de passe").fill(PASSWORD)
         page.get_by_role("button", name="Se connecter").click()
@@ -349,7 +349,7 @@ def test_a_browser_signs_in_through_nginx_across_a_gateway_kill(cluster: Cluster
         other = fresh.new_page()
         other.goto(pharmacie.url)
         other.click("#login")
-        other.wait_for_url(f"{lb}/login*")
+        other.wait_for_url(f"{lb}/authorize*")  # the sign-in form, shown at /authorize
         other.get_by_label("Identifiant").fill(LOGIN)
         other.get_by_label("Mot de passe").fill(PASSWORD)
         other.get_by_role("button", name="Se connecter").click()

@@ -73,7 +73,7 @@ def test_sign_in_pick_a_site_single_sign_on_and_back_channel_logout(stage: Stage
 
     page.goto(dpi.url)
     page.click("#login")
-    page.wait_for_url(f"{stage.gateway.url}/login*")
+    page.wait_for_url(f"{stage.gateway.url}/authorize*")  # the sign-in form, shown at /authorize
     assert page.locator("h1").inner_text() == "Connectez-vous"
     page.get_by_label("Identifiant").fill("ch-avignon\\hlefevre")
     page.get_by_label("Mot de passe").fill(PASSWORD)
@@ -107,7 +107,7 @@ def test_sign_in_pick_a_site_single_sign_on_and_back_channel_logout(stage: Stage
     assert page.locator("#login").is_visible()  # the next person at the workstation is not signed in
     # And the gateway asks for the password again.
     page.click("#login")
-    page.wait_for_url(f"{stage.gateway.url}/login*")
+    page.wait_for_url(f"{stage.gateway.url}/authorize*")  # the sign-in form, shown at /authorize
     context.close()
 
 

@@ -154,6 +154,50 @@ def test_when_the_home_directory_is_down_another_site_checks_the_password(direct
     assert directories.signin("ch-avignon\\pgarcia", NURSE_PASSWORD).ok
 
 
+def _avignon_pool(directories: Directories) -> Any:
+    passthrough = directories.gateway.passthrough
+    connection = passthrough.connections["ch-avignon"]
+    return passthrough.pool(connection, connection.urls[0])
+
+
+def test_binds_reuse_an_open_connection_and_a_refused_bind_is_never_kept(directories: Directories) -> None:
+    pool = _avignon_pool(directories)
+    pool.clear()
+    assert directories.signin("ch-avignon\\hlefevre", DOCTOR_PASSWORD).ok
+    assert len(pool) == 1
+    ((_, kept),) = pool._idle
+    assert kept.bound and kept.password is None  # the pool keeps no password
+    assert kept.extend.standard.who_am_i() == f"dn:uid=hlefevre,ou=people,{SITES['ch-avignon']}"
+    # The next person binds on the same connection, as themselves.
+    nurse = directories.signin("ch-avignon\\pgarcia", NURSE_PASSWORD)
+    assert nurse.ok and nurse.site == "ch-avignon"
+    assert len(pool) == 1 and pool._idle[0][1] is kept
+    assert kept.extend.standard.who_am_i() == f"dn:uid=pgarcia,ou=people,{SITES['ch-avignon']}"
+    # A wrong password after a right one, on that connection: refused, and the connection (bound as
+    # the nurse until then) is closed, not kept.
+    wrong = directories.signin("ch-avignon\\hlefevre", NURSE_PASSWORD)
+    assert wrong.failure == "wrong_password"
+    assert len(pool) == 0 and kept.closed
+    # Nor does a refused bind let the next attempt through on someone else's binding.
+    assert directories.signin("ch-avignon\\pgarcia", DOCTOR_PASSWORD).failure == "wrong_password"
+    assert len(pool) == 0
+    assert directories.signin("ch-avignon\\pgarcia", NURSE_PASSWORD).ok and len(pool) == 1
+
+
+def test_a_pooled_connection_the_directory_dropped_is_replaced_not_an_outage(
+    directories: Directories,
+) -> None:
+    pool = _avignon_pool(directories)
+    assert directories.signin("ch-avignon\\pgarcia", NURSE_PASSWORD).ok
+    assert len(pool) >= 1
+    avignon = directories.servers["ch-avignon"]
+    avignon.stop()  # every pooled connection to Avignon is cut
+    avignon.start()
+    again = directories.signin("ch-avignon\\pgarcia", NURSE_PASSWORD)
+    assert again.ok and again.site == "ch-avignon"  # a new connection, not Cavaillon, not "down"
+    assert directories.signin("ch-avignon\\pgarcia", "wrong").failure == "wrong_password"
+
+
 def test_an_entry_that_moved_since_the_last_sync_is_found_by_its_entryuuid(directories: Directories) -> None:
     server = directories.servers["ch-avignon"]
     suffix = SITES["ch-avignon"]

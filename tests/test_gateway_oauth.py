@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,50 @@ def test_sign_in_page_is_french_accessible_and_works_without_javascript(env: Env
     assert '<html lang="en">' in english.text and "Sign in" in english.text
 
 
+def test_authorize_shows_the_sign_in_form_itself_and_login_links_keep_working(env: Env) -> None:
+    client_id, _ = add_client(env)
+    page = env.browser.authorize(**authorize_params(client_id, pkce_pair()[1]))  # no redirect to follow
+    assert page.status_code == 200 and 'name="csrf_token"' in page.text
+    assert page.headers["cache-control"] == "no-store" and page.headers["x-frame-options"] == "DENY"
+    assert "ght_browser" in page.cookies  # the binding cookie comes with the form
+    fields = form_fields(page.text)
+    action = fields.pop("__action__")
+    assert action.startswith("/login?request=")
+    # The language link reloads this same sign-in form (not a new authorization request).
+    switch = unescape(page.text.split('" lang="en"', 1)[0].rsplit('href="', 1)[1])
+    assert switch.startswith(action + "&lang=en") or switch == f"{action}&lang=en"
+    english = env.http.get(switch)
+    assert (
+        '<html lang="en">' in english.text and form_fields(english.text)["csrf_token"] == fields["csrf_token"]
+    )
+    # /login?request=... (the former redirect's target: bookmarks, existing links) shows it too.
+    again = env.http.get(action)
+    assert again.status_code == 200 and form_fields(again.text)["csrf_token"] == fields["csrf_token"]
+    signed_in = env.browser.sign_in(page, "pgarcia", PASSWORD)
+    assert "code" in redirect_params(signed_in) and "ght_session" in signed_in.cookies
+    # The pending request went with the sign-in's transaction: the form cannot be posted again.
+    replay = env.http.post(action, data={**fields, "login": "pgarcia", "password": PASSWORD})
+    assert replay.status_code in (400, 403) and "ght_session" not in replay.cookies
+
+
+def test_a_password_with_accents_and_symbols_signs_in_through_the_form(env: Env) -> None:
+    client_id, _ = add_client(env)
+    nurse = env.people["nurse"].id
+    accented = "Été-2026 ñ&=+%;çà€"  # what urlencoding must carry intact: &, =, +, %, UTF-8
+    with env.gateway.store.session() as session:
+        set_password(session, nurse, accented)
+        session.commit()
+    try:
+        page = env.browser.follow(env.browser.authorize(**authorize_params(client_id, pkce_pair()[1])))
+        assert env.browser.sign_in(page, "pgarcia", accented[:-1]).status_code == 401
+        page = env.browser.follow(env.browser.authorize(**authorize_params(client_id, pkce_pair()[1])))
+        assert "code" in redirect_params(env.browser.sign_in(page, "pgarcia", accented))
+    finally:
+        with env.gateway.store.session() as session:
+            set_password(session, nurse, PASSWORD)
+            session.commit()
+
+
 def test_wrong_password_unknown_login_and_suspended_person_get_the_same_answer(env: Env) -> None:
     client_id, _ = add_client(env)
     answers = []
@@ -327,21 +372,39 @@ def test_an_unregistered_redirect_uri_gets_an_error_page_never_a_redirect(
     assert unknown.status_code == 400 and "location" not in unknown.headers
 
 
-def test_refresh_token_reuse_revokes_the_whole_grant(env: Env) -> None:
+def test_refresh_token_reuse_revokes_the_whole_grant(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     client_id, secret = add_client(env)
     callback, verifier, _ = sign_in_for_code(env, client_id)
     tokens = redeem(env, client_id, secret, callback["code"], verifier).json()
+    # The rotations below are answered by the refresh fast path (oauth/fastpath.py, SQLite variant).
+    fast_path = env.gateway.server.refresh_fast_path
+    answered: list[bool] = []
+    grant = fast_path._sqlite_grant
+
+    def spy(*args: Any) -> Any:
+        issued = grant(*args)
+        answered.append(issued is not None)
+        return issued
+
+    monkeypatch.setattr(fast_path, "_sqlite_grant", spy)
 
     def refresh(token: str) -> httpx.Response:
         return env.http.post(
             "/token", data={"grant_type": "refresh_token", "refresh_token": token}, auth=(client_id, secret)
         )
 
-    rotated = refresh(tokens["refresh_token"]).json()
-    stolen = refresh(tokens["refresh_token"])  # the old one, presented again
+    first = refresh(tokens["refresh_token"])
+    assert first.status_code == 200 and first.headers["cache-control"] == "no-store"
+    assert first.headers["pragma"] == "no-cache" and first.headers["content-type"] == "application/json"
+    rotated = refresh(first.json()["refresh_token"]).json()  # rotated twice
+    assert answered == [True, True]
+    assert introspect(env, client_id, secret, rotated["access_token"])["active"] is True
+    stolen = refresh(tokens["refresh_token"])  # the first one, presented again
     assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
+    assert answered == [True, True, False]  # handed back to Authlib's path, which revokes the grant
     assert refresh(rotated["refresh_token"]).status_code == 400  # the legitimate one is dead too
     assert introspect(env, client_id, secret, rotated["access_token"])["active"] is False
+    assert introspect(env, client_id, secret, first.json()["access_token"])["active"] is False
 
 
 def test_login_form_cannot_be_submitted_from_another_site(env: Env) -> None:
@@ -673,3 +736,38 @@ def test_brute_force_is_slowed_then_locked_per_account_and_per_address(env: Env)
 def test_health_and_readiness(env: Env, tmp_path: Path) -> None:
     assert env.http.get("/healthz").json() == {"status": "ok"}
     assert env.http.get("/readyz").status_code == 200
+
+
+def test_refresh_refused_for_a_suspended_person_a_wrong_secret_or_another_client(env: Env) -> None:
+    """What the refresh fast path hands back is answered as before, and consumes nothing."""
+    from directory_sync.store import Person
+
+    client_id, secret = add_client(env)
+    other_id, other_secret = add_client(env, name="Other")
+    callback, verifier, _ = sign_in_for_code(env, client_id)
+    tokens = redeem(env, client_id, secret, callback["code"], verifier).json()
+    form = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    wrong = env.http.post("/token", data=form, auth=(client_id, "guess"))
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+    assert wrong.headers["cache-control"] == "no-store"
+    foreign = env.http.post("/token", data=form, auth=(other_id, other_secret or ""))
+    assert foreign.status_code == 400 and foreign.json()["error"] == "invalid_grant"
+    person_id = env.people["nurse"].id  # pgarcia
+    store = env.gateway.store
+
+    def set_status(status: str) -> None:
+        with store.session() as session:
+            person = session.get(Person, person_id)
+            assert person is not None
+            person.status = status
+            session.add(person)
+            session.commit()
+
+    try:
+        set_status("suspended")
+        refused = env.http.post("/token", data=form, auth=(client_id, secret or ""))
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
+    finally:
+        set_status("active")
+    again = env.http.post("/token", data=form, auth=(client_id, secret or ""))
+    assert again.status_code == 200, again.text  # none of the refused requests used the token

@@ -38,6 +38,7 @@ from tests.servers.gateway import (
     REPO,
     Clinician,
     GatewayProcess,
+    form_fields,
     ght,
     pkce_pair,
     seed_directory,
@@ -265,7 +266,7 @@ def to_upstream(stage: Stage, page: Any, app: str, button: str) -> None:
     """From the application to the gateway's sign-in page, then to the upstream's login form."""
     page.goto(stage.apps[app].url)
     page.click("#login")
-    page.wait_for_url(f"{stage.gateway.url}/login*")
+    page.wait_for_url(f"{stage.gateway.url}/authorize*")  # the sign-in form, shown at /authorize
     page.get_by_role("link", name=button).click()
 
 
@@ -476,7 +477,7 @@ def test_an_external_professional_is_admitted_to_the_portal_only_with_the_limite
     # The city doctors' portal is (PSC remembers the doctor: no second login form).
     page.goto(stage.apps["portail"].url)
     page.click("#login")
-    page.wait_for_url(f"{stage.gateway.url}/login*")
+    page.wait_for_url(f"{stage.gateway.url}/authorize*")  # the sign-in form, shown at /authorize
     page.get_by_role("link", name="Pro Santé Connect").click()
     page.wait_for_url(f"{stage.apps['portail'].url}/")
     with stage.store.session() as session:
@@ -490,7 +491,7 @@ def test_an_external_professional_is_admitted_to_the_portal_only_with_the_limite
     # No single sign-on for an external professional: the DPI asks again, and refuses again.
     page.goto(stage.apps["dpi"].url)
     page.click("#login")
-    page.wait_for_url(f"{stage.gateway.url}/login*")
+    page.wait_for_url(f"{stage.gateway.url}/authorize*")  # the sign-in form, shown at /authorize
     page.get_by_role("link", name="Pro Santé Connect").click()
     page.wait_for_url(f"{stage.gateway.url}/upstream/psc/callback*")
     assert stage.last_failure() == "external_client_not_allowed"
@@ -562,7 +563,8 @@ def test_a_provider_is_offered_only_to_the_clients_it_lists(stage: Stage) -> Non
                 assert page.status_code == 200, page.text
                 assert ("/upstream/psc/start" in page.text) is offered
                 assert "/upstream/entra/start" in page.text  # no list: offered to every application
-                request_id = dict(parse_qsl(urlsplit(str(page.url)).query))["request"]
+                action = form_fields(page.text)["__action__"]  # the form is shown at /authorize itself
+                request_id = dict(parse_qsl(urlsplit(action).query))["request"]
                 started = http.get(
                     "/upstream/psc/start", params={"request": request_id}, follow_redirects=False
                 )

@@ -33,6 +33,7 @@ from ..clients import SCOPES, Client
 from ..keys import KeyStore
 from ..models import GatewayClient
 from .endpoints import EndSession, TokenIntrospection, TokenRevocation, UserInfo
+from .fastpath import RefreshFastPath
 from .grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
@@ -92,6 +93,8 @@ class GatewayAuthorizationServer(AuthorizationServer):
         self.register_endpoint(EndSession)
         self._clients: dict[str, tuple[float, GatewayClient]] = {}
         self._clients_lock = threading.Lock()
+        #: The refresh grant's common case on PostgreSQL, on the event loop (fastpath.py).
+        self.refresh_fast_path = RefreshFastPath(self)
 
     # -- the methods Authlib asks an integration for -------------------------------------------------
 
@@ -111,6 +114,13 @@ class GatewayAuthorizationServer(AuthorizationServer):
                     self._clients.clear()
                 self._clients[client_id] = (now, record)
         return Client(record) if record is not None else None
+
+    def cached_client(self, client_id: str) -> GatewayClient | None:
+        """The registration this process read less than CLIENT_CACHE_SECONDS ago, else None (no read)."""
+        cached = self._clients.get(client_id)
+        if cached is None or time.monotonic() - cached[0] >= CLIENT_CACHE_SECONDS:
+            return None
+        return cached[1]
 
     def forget_clients(self) -> None:
         """Drop the cached registrations (after this process changed one itself)."""

@@ -13,7 +13,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import bindparam, delete
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from directory_sync.config import load_settings
-from directory_sync.store import Affiliation, Person, Site
+from directory_sync.store import Affiliation, Person, Site, sa_table
 
 from .. import assurance, mfa
 from ..audit import record_event
@@ -45,11 +50,16 @@ from ..metrics import (
 from ..models import BrowserSession, PendingAuthorization, SiteChoice
 from ..oauth import AuthenticatedUser, GatewayRequest, OAuthResponse
 from ..oauth.tokens import epoch
-from ..sessions import digest
+from ..sessions import digest, site_codes
+from ..signin import SignInResult
 from .i18n import MESSAGES, pick_locale
 from .observe import ObserveMiddleware
 
 log = logging.getLogger("sso_gateway.web")
+#: The pending request of a sign-in that goes straight to the application, in the sign-in's transaction.
+PENDING_DELETE = delete(sa_table(PendingAuthorization)).where(
+    sa_table(PendingAuthorization).c.id == bindparam("id")
+)
 HERE = Path(__file__).parent
 #: What the person reads when an upstream sign-in is refused (i18n key, HTTP status), by audit reason.
 UPSTREAM_MESSAGES = {
@@ -102,7 +112,11 @@ async def oauth_request(request: Request, gateway: Gateway) -> GatewayRequest:
 
 
 def _urlencoded(request: Request) -> bool:
-    media_type = request.headers.get("content-type", "").partition(";")[0]
+    return _urlencoded_media(request.headers)
+
+
+def _urlencoded_media(headers: Mapping[str, str]) -> bool:
+    media_type = headers.get("content-type", "").partition(";")[0]
     return media_type.strip().lower() == "application/x-www-form-urlencoded"
 
 
@@ -122,6 +136,8 @@ class Pages:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        # The templates ship with the code: no modification time read (os.stat) per page rendered.
+        self.templates.env.auto_reload = False
 
     def locale(self, request: Request, params: dict[str, str] | None = None) -> str:
         params = params or {}
@@ -141,11 +157,14 @@ class Pages:
         status: int = 200,
         *,
         scripts: bool = False,
+        switch: tuple[str, dict[str, str]] | None = None,
         **context: Any,
     ) -> HTMLResponse:
+        """`switch`: the page (path, query) the language link reloads, by default this request's."""
         other = "en" if lang == "fr" else "fr"
-        query = {k: v for k, v in request.query_params.items() if k != "lang"}
-        switch_url = f"{request.url.path}?{urlencode({**query, 'lang': other})}"
+        path, query = switch or (request.url.path, dict(request.query_params))
+        query = {k: v for k, v in query.items() if k != "lang"}
+        switch_url = f"{path}?{urlencode({**query, 'lang': other})}"
         response = self.templates.TemplateResponse(
             request,
             name,
@@ -270,6 +289,59 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
             TOKENS_ISSUED.labels(oreq.form.get("grant_type", "")).inc()
         return to_response(result)
 
+    token_route = next(r for r in app.router.routes if getattr(r, "path", None) == "/token")
+
+    class RefreshShortcut:
+        """A refresh grant the fast path answers (oauth/fastpath.py: a grant that succeeds), answered as
+        plain ASGI right inside ObserveMiddleware (request id and metrics as for any request): the
+        exception middleware, the router and FastAPI's request and response machinery were about a
+        third of such a grant's CPU. Every other request goes on to `token`, its body replayed."""
+
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if (
+                scope["type"] != "http"
+                or scope["path"] != "/token"
+                or scope["method"] != "POST"
+                or scope.get("query_string")
+                or not server.refresh_fast_path.enabled
+            ):
+                await self.app(scope, receive, send)
+                return
+            chunks, more = [], True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            headers = Headers(scope=scope)
+            fast = None
+            if b"refresh_token" in body and _urlencoded_media(headers):  # else: not a refresh grant
+                pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True)
+                form = dict(reversed(pairs))  # the first value wins, as in GatewayRequest
+                fast = await server.refresh_fast_path.refresh(form, headers, {})
+            if fast is None:
+                replayed = False
+
+                async def replay() -> Message:
+                    nonlocal replayed
+                    if replayed:  # the body was read: what comes next (a disconnect)
+                        return await receive()
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+
+                await self.app(scope, replay, send)
+                return
+            scope["route"] = token_route  # the metrics' route label
+            TOKENS_ISSUED.labels("refresh_token").inc()
+            await to_response(fast)(scope, receive, send)
+
+    app.user_middleware.append(Middleware(RefreshShortcut))  # the innermost: inside ObserveMiddleware
+
     @app.api_route("/userinfo", methods=["GET", "POST"])
     async def userinfo(request: Request) -> Response:
         oreq = await oauth_request(request, gateway)
@@ -320,6 +392,32 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
         with gateway.store.session() as session:
             return gateway.claims.sites_offered(session, person_id)
 
+    def site_decision(
+        params: dict[str, str], current_site: str | None, codes: list[str]
+    ) -> tuple[str | None, bool]:
+        """The site the sign-in goes on with, and whether the person must pick one first."""
+        prompt = set(params.get("prompt", "").split())
+        site = current_site if current_site in codes else None
+        asked = params.get("site")
+        if asked in codes:
+            site = asked
+        elif len(codes) == 1:
+            site = codes[0]
+        wants_picker = "select_account" in prompt or (asked is not None and asked not in codes)
+        if (site is None or wants_picker) and len(codes) > 1:
+            if "none" in prompt:
+                return site or codes[0], False  # no interaction allowed: the last choice, else the home site
+            return site, True
+        return site, False
+
+    def goes_to_application(
+        params: dict[str, str], user: BrowserSession, codes: list[str], address: str
+    ) -> bool:
+        """After a sign-in: neither a second factor nor a site to pick stands before the application."""
+        if not assurance.satisfies(user.acr, required_level(params, address), gateway.config):
+            return False
+        return not params or not site_decision(params, user.current_site, codes)[1]
+
     def continue_authorization(
         request: Request,
         oreq: GatewayRequest,
@@ -328,8 +426,12 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
         fresh: bool,
         pending: PendingAuthorization | None,
         browser: str,
+        codes: list[str] | None = None,
+        dropped: bool = False,
     ) -> Response:
-        """Decide what the person sees next: the sign-in form, the site picker, or the application."""
+        """Decide what the person sees next: the sign-in form, the site picker, or the application.
+
+        `codes`: the person's sites (`site_codes`) if already read; `dropped`: `pending` is deleted."""
         params = dict(oreq.payload.data)
         lang = pages.locale(request, params)
         prompt = set(params.get("prompt", "").split())
@@ -353,9 +455,9 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 MESSAGES[lang]["error_invalid_request"].format(detail=error.description or error.error),
                 400,
             )
-        if user is None:
+        if user is None:  # the sign-in form, here: no redirect to /login (one request less, as Keycloak)
             pending = pending or gateway.save_pending(params, browser)
-            return RedirectResponse(f"/login?{urlencode({'request': pending.id})}", status_code=303)
+            return login_page(request, pending, lang, _address(request))
         if not assurance.satisfies(user.acr, required_level(params, _address(request)), gateway.config):
             if "none" in prompt:  # the level needs the person: say so to the application
                 too_low = InteractionRequiredError(
@@ -366,21 +468,13 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 return to_response(server.authorization_error(oreq, too_low))
             pending = pending or gateway.save_pending(params, browser)
             return RedirectResponse(f"/mfa?{urlencode({'request': pending.id})}", status_code=303)
-        choices = site_choices(user.person_id)
-        codes = [a.site for a, _ in choices]
-        site = user.current_site if user.current_site in codes else None
-        asked = params.get("site")
-        if asked in codes:
-            site = asked
-        elif len(codes) == 1:
-            site = codes[0]
-        wants_picker = "select_account" in prompt or (asked is not None and asked not in codes)
-        if (site is None or wants_picker) and len(codes) > 1:
-            if "none" in prompt:
-                site = site or codes[0]  # no interaction allowed: the last choice, else the home site
-            else:
-                pending = pending or gateway.save_pending(params, browser)
-                return RedirectResponse(f"/select-site?{urlencode({'request': pending.id})}", status_code=303)
+        if codes is None:
+            with gateway.store.session() as db:
+                codes = site_codes(db, user.person_id)
+        site, pick = site_decision(params, user.current_site, codes)
+        if pick:
+            pending = pending or gateway.save_pending(params, browser)
+            return RedirectResponse(f"/select-site?{urlencode({'request': pending.id})}", status_code=303)
         if site and site != user.current_site:
             gateway.sessions.set_site(user.sid, user.person_id, site)
         grant_user = AuthenticatedUser(
@@ -392,7 +486,7 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
             acr=user.acr,
         )
         result = server.create_authorization_response(oreq, grant_user=grant_user, grant=grant)
-        if pending is not None:
+        if pending is not None and not dropped:
             gateway.drop_pending(pending.id)
         return to_response(result)
 
@@ -418,6 +512,33 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
         t = MESSAGES[lang]
         return pages.message(request, lang, t["error_heading"], t["error_expired"], 400)
 
+    def login_page(
+        request: Request,
+        pending: PendingAuthorization,
+        lang: str,
+        address: str,
+        status: int = 200,
+        *,
+        login: str = "",
+        error: str | None = None,
+    ) -> HTMLResponse:
+        """The sign-in form of a pending request (at /authorize, /login, or again after a failure)."""
+        here = f"/login?{urlencode({'request': pending.id})}"
+        return pages.render(
+            request,
+            "login.html",
+            lang,
+            status,
+            switch=("/login", {"request": pending.id}),
+            action=here,
+            csrf=pending.csrf,
+            login=login,
+            error=error,
+            client_name=client_name(pending.params),
+            upstream=upstream_buttons(pending),
+            second_factor=second_factor_notice(pending.params, address),
+        )
+
     @app.get("/login")
     async def login_form(request: Request) -> Response:
         browser, new = browser_of(request)
@@ -431,25 +552,17 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 if found is None:
                     return expired(request, pages.locale(request))
                 pending = found
-            lang = pages.locale(request, pending.params)
-            return pages.render(
-                request,
-                "login.html",
-                lang,
-                action=f"/login?{urlencode({'request': pending.id})}",
-                csrf=pending.csrf,
-                login="",
-                error=None,
-                client_name=client_name(pending.params),
-                upstream=upstream_buttons(pending),
-                second_factor=second_factor_notice(pending.params, _address(request)),
-            )
+            return login_page(request, pending, pages.locale(request, pending.params), _address(request))
 
         return with_browser_cookie(await run_in_threadpool(run), browser, new)
 
     @app.post("/login")
     async def login_submit(request: Request) -> Response:
-        form = await request.form()
+        if _urlencoded(request):  # what the form sends: parsed directly (Starlette's parser costs more)
+            body = (await request.body()).decode("utf-8", "replace")
+            form: Any = dict(parse_qsl(body, keep_blank_values=True))
+        else:
+            form = await request.form()
         login = str(form.get("login", ""))[:256]
         password = str(form.get("password", ""))
         csrf = str(form.get("csrf_token", ""))
@@ -457,43 +570,50 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
         address = _address(request)
 
         def run() -> Response:
-            pending = gateway.pending(request.query_params.get("request"), browser)
+            with gateway.store.session() as db:  # one database session for the whole POST
+                return submitted(db)
+
+        def submitted(db: Session) -> Response:
+            pending = gateway.pending(request.query_params.get("request"), browser, db)
             lang = pages.locale(request, pending.params if pending else None)
             t = MESSAGES[lang]
             if pending is None or not hmac.compare_digest(pending.csrf, csrf):
                 return pages.message(request, lang, t["error_heading"], t["error_csrf"], 403)
-            result = gateway.signin(login, password, address)
+            found = pending
+
+            def started(db: Session, result: SignInResult) -> tuple[BrowserSession, str, list[str], bool]:
+                """In the sign-in's transaction: the browser session, and the pending request dropped
+                when nothing (second factor, site picker) will need it any more: one commit."""
+                assert result.person is not None
+                codes = site_codes(db, result.person.id)
+                site = codes[0] if len(codes) == 1 else None
+                record, cookie = gateway.sessions.new(result.person.id, result.amr, site)
+                db.add(record)
+                done = goes_to_application(found.params, record, codes, address)
+                if done:
+                    db.execute(PENDING_DELETE, {"id": found.id})
+                return record, cookie, codes, done
+
+            result = gateway.signin(login, password, address, on_success=started, session=db)
             if not result.ok:
                 message = (
                     t["throttled"].format(seconds=result.retry_after) if result.retry_after else t["invalid"]
                 )
-                return pages.render(
-                    request,
-                    "login.html",
-                    lang,
-                    401 if not result.retry_after else 429,
-                    action=f"/login?{urlencode({'request': pending.id})}",
-                    csrf=pending.csrf,
-                    login=login,
-                    error=message,
-                    client_name=client_name(pending.params),
-                    upstream=upstream_buttons(pending),
-                    second_factor=second_factor_notice(pending.params, address),
-                )
+                status = 401 if not result.retry_after else 429
+                return login_page(request, pending, lang, address, status, login=login, error=message)
             assert result.person is not None and browser is not None
-            choices = site_choices(result.person.id)
-            site = choices[0][0].site if len(choices) == 1 else None
-            record, cookie = gateway.sessions.start(result.person.id, result.amr, site)
+            record, cookie, codes, dropped = result.after
             if pending.params:
                 response = continue_authorization(
                     request, authorize_request(pending.params, address), record, fresh=True, pending=pending,
-                    browser=browser,
+                    browser=browser, codes=codes, dropped=dropped,
                 )  # fmt: skip
             elif not assurance.satisfies(record.acr, required_level({}, address), gateway.config):
                 response = RedirectResponse(f"/mfa?{urlencode({'request': pending.id})}", status_code=303)
             else:
-                gateway.drop_pending(pending.id)
-                response = RedirectResponse("/site" if len(choices) > 1 else "/", status_code=303)
+                if not dropped:
+                    gateway.drop_pending(pending.id)
+                response = RedirectResponse("/site" if len(codes) > 1 else "/", status_code=303)
             set_cookie(response, SESSION_COOKIE, cookie)
             return response
 

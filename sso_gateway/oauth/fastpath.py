@@ -1,0 +1,344 @@
+"""The refresh grant's common case: on PostgreSQL, answered on the event loop in two statements.
+
+A refresh grant through Authlib (grants.py) runs in a worker thread on an ORM session: five round trips
+(`BEGIN`, the read, the claim, the insert, `COMMIT`), the thread hop and the ORM's bookkeeping cost about
+three quarters of the grant (py-spy, benchmarks/README.md). Here, for a request that will succeed:
+
+1. the token, its grant and the person's status are read in one statement (autocommit);
+2. the new access token is signed (CPU, on the event loop: no thread hop);
+3. one statement claims the old refresh token and records the new tokens, atomically:
+   `WITH claimed AS (UPDATE ... WHERE rotated_at IS NULL AND revoked_at IS NULL AND <grant stands and
+   person active> RETURNING 1) INSERT ... SELECT ... WHERE EXISTS (SELECT 1 FROM claimed)`.
+
+Everything it checks is checked as Authlib's path checks it (client authentication by the method the
+client registered, grant type, token kind, client, expiry, rotation, revocation, grant, person; the
+client registration and signing keys are read again when this process's copies are older than their
+few seconds, as there). Any request this path is not sure to answer with a 200 -- an unknown client, a
+wrong secret or method, a `scope` parameter, a used, revoked or expired token, a suspended person -- is
+handed back (None) to Authlib's path unchanged, which answers it with its own error body and side
+effects: a reused refresh token revokes its grant there.
+Nothing is written before the final statement, so handing a request back has no effect. A claim lost to
+a concurrent use of the same token (0 rows) is handed back too: Authlib's path then finds the token
+rotated, which is a reuse, and revokes the grant.
+
+Connections: a small pool of psycopg `AsyncConnection`s per worker process and event loop, in
+autocommit mode (each statement is its own transaction; prepared on the server).
+
+SQLite (no asynchronous driver; a write may wait for the other process's lock): the same checks and
+statements, as SQLAlchemy Core statements built once, in one worker thread (one hop): the read, the
+signing, then the claim (`UPDATE ... WHERE rotated_at IS NULL AND revoked_at IS NULL AND <grant stands
+and person active>`) and the insert in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import bindparam, exists, select, update
+
+from directory_sync.store import Person, PersonStatus, sa_table, utcnow
+
+from ..clients import Client, hash_secret
+from ..models import Grant, IssuedToken
+from ..sessions import aware, digest
+from .requests import OAuthResponse
+from .tokens import _INSERT_TOKENS, ACCESS, REFRESH, AuthenticatedUser, epoch
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
+    from .server import GatewayAuthorizationServer
+
+#: Connections per worker process: the statements are short, PostgreSQL shares the machine's cores.
+POOL_SIZE = 4
+#: SQLite grants at once per worker process (see `_sqlite_limiter`).
+SQLITE_THREADS = 1
+ACTIVE_STATUSES = (PersonStatus.ACTIVE.value, PersonStatus.EXTERNAL.value)
+TOKEN_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("Pragma", "no-cache")]
+
+_T, _G, _P = sa_table(IssuedToken).name, sa_table(Grant).name, sa_table(Person).name
+_READ = (
+    f"SELECT t.kind, t.client_id, t.scope, t.expires_at, t.revoked_at, t.rotated_at, "
+    f"g.id, g.person_id, g.revoked_at, g.sid, g.current_site, g.auth_time, g.amr, g.acr, p.status "
+    f"FROM {_T} t LEFT JOIN {_G} g ON g.id = t.grant_id LEFT JOIN {_P} p ON p.id = g.person_id "
+    f"WHERE t.token_hash = %s"
+)
+_COLUMNS = "token_hash, kind, grant_id, client_id, person_id, scope, jti, issued_at, expires_at"
+_ROW = (
+    "(%s::varchar, %s::varchar, %s::varchar, %s::varchar, %s::varchar, %s::varchar, %s::varchar, "
+    "%s::timestamptz, %s::timestamptz)"
+)
+_CLAIM_AND_INSERT = (
+    f"WITH claimed AS ("
+    f"UPDATE {_T} SET rotated_at = %s "
+    f"WHERE token_hash = %s AND rotated_at IS NULL AND revoked_at IS NULL AND EXISTS ("
+    f"SELECT 1 FROM {_G} g JOIN {_P} p ON p.id = g.person_id "
+    f"WHERE g.id = %s AND g.revoked_at IS NULL AND p.status IN {ACTIVE_STATUSES!r}"
+    f") RETURNING 1) "
+    f"INSERT INTO {_T} ({_COLUMNS}) SELECT * FROM (VALUES {_ROW}, {_ROW}) AS v({_COLUMNS}) "
+    f"WHERE EXISTS (SELECT 1 FROM claimed)"
+)
+
+
+_t, _g, _p = sa_table(IssuedToken), sa_table(Grant), sa_table(Person)
+#: The same two steps for SQLite, as Core statements (its type processing: datetimes, JSON).
+_READ_COLUMNS = [
+    _t.c[name] for name in ("kind", "client_id", "scope", "expires_at", "revoked_at", "rotated_at")
+]
+_READ_COLUMNS += [
+    _g.c[name] for name in ("id", "person_id", "revoked_at", "sid", "current_site", "auth_time")
+]
+_READ_COLUMNS += [_g.c.amr, _g.c.acr, _p.c.status]
+_CORE_READ = (
+    select(*_READ_COLUMNS)
+    .select_from(_t.outerjoin(_g, _g.c.id == _t.c.grant_id).outerjoin(_p, _p.c.id == _g.c.person_id))
+    .where(_t.c.token_hash == bindparam("digest"))
+)
+_CORE_CLAIM = (
+    update(_t)
+    .where(
+        _t.c.token_hash == bindparam("digest"),
+        _t.c.rotated_at.is_(None),
+        _t.c.revoked_at.is_(None),
+        exists(
+            select(_g.c.id)
+            .select_from(_g.join(_p, _p.c.id == _g.c.person_id))
+            .where(
+                _g.c.id == bindparam("of_grant"), _g.c.revoked_at.is_(None), _p.c.status.in_(ACTIVE_STATUSES)
+            )
+        ),
+    )
+    .values(rotated_at=bindparam("now"))
+)
+_ROW_KEYS = (
+    "token_hash",
+    "kind",
+    "grant_id",
+    "client_id",
+    "person_id",
+    "scope",
+    "jti",
+    "issued_at",
+    "expires_at",
+)
+
+
+class _Pool:
+    """At most `size` autocommit connections, opened when first needed, on one event loop."""
+
+    def __init__(self, conninfo: str, size: int) -> None:
+        self.conninfo = conninfo
+        self.idle: list[AsyncConnection[Any]] = []
+        self.slots = asyncio.Semaphore(size)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        from psycopg import AsyncConnection
+
+        async with self.slots:
+            conn = self.idle.pop() if self.idle else None
+            if conn is None or conn.closed:
+                conn = await AsyncConnection.connect(self.conninfo, autocommit=True)
+            try:
+                yield conn
+            except BaseException:
+                await _close_quietly(conn)  # broken, or cancelled mid-statement: never reused
+                raise
+            self.idle.append(conn)
+
+
+async def _close_quietly(conn: AsyncConnection[Any]) -> None:
+    with contextlib.suppress(Exception):  # already broken: nothing more to do
+        await conn.close()
+
+
+class RefreshFastPath:
+    """See the module's docstring: PostgreSQL through psycopg 3, or SQLite."""
+
+    def __init__(self, server: GatewayAuthorizationServer) -> None:
+        self.server = server
+        url = server.store.engine.url
+        self.postgres = url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg"
+        self.sqlite = url.get_backend_name() == "sqlite"
+        self.enabled = self.postgres or self.sqlite
+        self.conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pools: dict[int, _Pool] = {}
+        self._limiters: dict[int, anyio.CapacityLimiter] = {}
+
+    def _sqlite_limiter(self) -> anyio.CapacityLimiter:
+        """One SQLite grant at a time per process and event loop: threads of one process writing at
+        once only wait on each other's lock, and on the GIL while holding it."""
+        loop = asyncio.get_running_loop()
+        limiter = self._limiters.get(id(loop))
+        if limiter is None:
+            self._limiters.clear()
+            limiter = self._limiters[id(loop)] = anyio.CapacityLimiter(SQLITE_THREADS)
+        return limiter
+
+    def _pool(self) -> _Pool:
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(id(loop))
+        if pool is None:  # one per event loop (a test client runs several, one after the other)
+            self._pools.clear()
+            pool = self._pools[id(loop)] = _Pool(self.conninfo, POOL_SIZE)
+        return pool
+
+    async def client(self, form: Mapping[str, str], headers: Mapping[str, str]) -> Client | None:
+        """The client, if it authenticates as Authlib would accept it (client_secret_basic, else
+        client_secret_post); else None. Its registration is read again (in a worker thread) when this
+        process's copy is older than CLIENT_CACHE_SECONDS, as Authlib's path would."""
+        server = self.server
+        authorization = headers.get("Authorization") or headers.get("authorization")
+        if authorization:
+            scheme, _, credentials = authorization.strip().partition(" ")
+            if scheme.lower() != "basic":
+                return None
+            try:
+                decoded = base64.b64decode(credentials.strip()).decode()
+            except (ValueError, UnicodeDecodeError):
+                return None
+            client_id, colon, secret = decoded.partition(":")
+            client_id, secret, method = unquote(client_id), unquote(secret), "client_secret_basic"
+            if not colon:
+                return None
+        else:
+            client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+            method = "client_secret_post"
+        if not client_id or not secret:
+            return None
+        record = server.cached_client(client_id)
+        if record is None:
+            found = await anyio.to_thread.run_sync(server.query_client, client_id)
+            record = found.record if found is not None else None
+        if record is None or record.secret_hash is None or record.public:
+            return None
+        if not hmac.compare_digest(record.secret_hash, hash_secret(secret)):
+            return None
+        if record.token_endpoint_auth_method != method or "refresh_token" not in record.grant_types:
+            return None
+        return Client(record)
+
+    async def refresh(
+        self, form: Mapping[str, str], headers: Mapping[str, str], query: Mapping[str, str]
+    ) -> OAuthResponse | None:
+        """The token response of a refresh grant that succeeds, or None: Authlib's path answers it."""
+        server = self.server
+        refresh_token = form.get("refresh_token")
+        if (
+            not self.enabled
+            or form.get("grant_type") != "refresh_token"
+            or not refresh_token
+            or query
+            or "scope" in form
+            or "client_assertion" in form
+            or "client_assertion_type" in form
+        ):
+            return None
+        if not server.keys.fresh():  # read again every few seconds (keys.py): in a worker thread
+            await anyio.to_thread.run_sync(server.keys.signing_key)
+        client = await self.client(form, headers)
+        if client is None:
+            return None
+        old_hash = digest(refresh_token)
+        if self.sqlite:
+            limiter = self._sqlite_limiter()
+            issued = await anyio.to_thread.run_sync(self._sqlite_grant, client, old_hash, limiter=limiter)
+            return OAuthResponse(200, issued, list(TOKEN_HEADERS)) if issued is not None else None
+        # One connection for the read and the claim (the signing between them is CPU on this loop).
+        async with self._pool().connection() as conn:
+            cursor = await conn.execute(_READ, (old_hash,), prepare=True)
+            row = await cursor.fetchone()
+            token = self._issue(client, row) if row is not None else None
+            if token is None:
+                return None
+            params = self._claim(old_hash, token, row, client.client_id)
+            cursor = await conn.execute(_CLAIM_AND_INSERT, params, prepare=True)
+            if cursor.rowcount != 2:
+                return None  # used, revoked or suspended meanwhile: Authlib's path finds out which
+        return OAuthResponse(200, token, list(TOKEN_HEADERS))
+
+    def _sqlite_grant(self, client: Client, old_hash: str) -> dict[str, Any] | None:
+        """The SQLite variant of `refresh`'s two steps, in a worker thread."""
+        with self.server.store.engine.connect() as conn:
+            row = conn.execute(_CORE_READ, {"digest": old_hash}).first()
+            conn.rollback()  # the read's transaction, if the driver opened one
+            token = self._issue(client, row) if row is not None else None
+            if token is None:
+                return None
+            params = self._claim(old_hash, token, row, client.client_id)
+            now, grant_id = params[0], params[2]
+            claimed = conn.execute(_CORE_CLAIM, {"digest": old_hash, "now": now, "of_grant": grant_id})
+            if claimed.rowcount != 1:
+                conn.rollback()
+                return None  # used, revoked or suspended meanwhile: Authlib's path finds out which
+            rows = [
+                dict(zip(_ROW_KEYS, params[3:12], strict=True)),
+                dict(zip(_ROW_KEYS, params[12:], strict=True)),
+            ]
+            for new in rows:
+                new.update(revoked_at=None, rotated_at=None)
+            conn.execute(_INSERT_TOKENS, rows)
+            conn.commit()
+        return token
+
+    def _issue(self, client: Client, row: Any) -> dict[str, Any] | None:
+        """The token response for the token read (`row`), if Authlib's path would issue one."""
+        (kind, client_id, scope, expires_at, revoked_at, rotated_at, grant_id, person_id, grant_revoked_at,
+         sid, current_site, auth_time, amr, acr, status) = row  # fmt: skip
+        if (
+            kind != REFRESH
+            or client_id != client.client_id
+            or revoked_at is not None
+            or rotated_at is not None  # a reuse: Authlib's path revokes the grant
+            or aware(expires_at) <= utcnow()
+            or grant_id is None
+            or grant_revoked_at is not None
+            or person_id is None
+            or status not in ACTIVE_STATUSES
+        ):
+            return None
+        user = AuthenticatedUser(
+            person_id=person_id,
+            sid=sid,
+            auth_time=epoch(auth_time),
+            amr=list(amr or []),
+            current_site=current_site,
+            grant_id=grant_id,
+            acr=acr,
+        )
+        token: dict[str, Any] = self.server.generate_token(
+            grant_type="refresh_token", client=client, user=user, scope=scope, include_refresh_token=True
+        )
+        return token
+
+    def _claim(self, old_hash: str, token: dict[str, Any], row: Any, client_id: str) -> tuple[Any, ...]:
+        """The parameters of _CLAIM_AND_INSERT: the old token's claim, the new tokens' rows."""
+        grant_id, person_id = row[6], row[7]
+        access = token["access_token"]
+        issued = utcnow()
+        access_expires = issued + timedelta(seconds=int(token["expires_in"]))
+        refresh_expires = issued + timedelta(seconds=self.server.settings.refresh_token_lifetime)
+        common = (grant_id, client_id, person_id, token.get("scope", ""))
+        return (
+            issued, old_hash, grant_id,
+            digest(access), ACCESS, *common, _jti(access), issued, access_expires,
+            digest(token["refresh_token"]), REFRESH, *common, None, issued, refresh_expires,
+        )  # fmt: skip
+
+
+def _jti(token: str) -> str | None:
+    """The `jti` of an access token we have just signed (no need to verify our own signature)."""
+    payload = token.split(".")[1]
+    jti = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("jti")
+    return str(jti) if jti is not None else None
