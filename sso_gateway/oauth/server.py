@@ -180,6 +180,30 @@ class GatewayAuthorizationServer(AuthorizationServer):
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         """Nothing to write for a client's own token (tokens.py); the grants record a person's tokens."""
 
+    def get_consent_grant(self, request: Any = None, end_user: Any = None) -> Any:
+        grant = super().get_consent_grant(request, end_user)
+        grant.validated = True  # see create_authorization_response
+        return grant
+
+    def create_authorization_response(
+        self, request: Any = None, grant_user: Any = None, grant: Any = None
+    ) -> Any:
+        """As Authlib's, but a grant that `get_consent_grant` validated in this same request is not
+        validated a second time (each validation looks the nonce up in the database again)."""
+        if grant is None or not getattr(grant, "validated", False):
+            return super().create_authorization_response(request, grant_user, grant)
+        # Authlib's method is @hooked: run its hooks here too (RFC 9207's `iss` is one of them).
+        self.execute_hook("before_create_authorization_response", request, grant_user, grant)
+        try:
+            args = grant.create_authorization_response(grant.redirect_uri, grant_user)
+            response = self.handle_response(*args)
+        except OAuth2Error as error:
+            error.state = grant.request.payload.state
+            response = self.handle_error_response(grant.request, error)
+        grant.execute_hook("after_authorization_response", response)
+        self.execute_hook("after_create_authorization_response", response)
+        return response
+
     def create_oauth2_request(self, request: Any) -> GatewayRequest:
         if isinstance(request, GatewayRequest):
             return request
