@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from directory_sync.logs import REQUEST_ID
-from directory_sync.store import AuditEvent
+from directory_sync.store import AuditEvent, sa_table, utcnow
 
 log = logging.getLogger("ght.audit")
 ACTOR = "gateway"
+_INSERT_EVENT = insert(sa_table(AuditEvent))
 
 
 def record_event(
@@ -38,15 +40,18 @@ def record_event(
         for k, v in {"client_id": client_id, "address": address, "request_id": request_id, **detail}.items()
         if v is not None
     }
-    session.add(
-        AuditEvent(
-            actor=ACTOR,
-            person_id=person_id,
-            site=site,
-            action=f"gateway.{kind}",
-            changes=changes,
-            reason=str(detail.get("reason", "")),
-        )
+    session.execute(  # Core, built once: no unit of work
+        _INSERT_EVENT,
+        {
+            "at": utcnow(),
+            "actor": ACTOR,
+            "run_id": None,
+            "person_id": person_id,
+            "site": site,
+            "action": f"gateway.{kind}",
+            "changes": changes,
+            "reason": str(detail.get("reason", "")),
+        },
     )
     log.info(
         "%s person=%s %s",

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from directory_sync.store import Account, AccountState, Affiliation, Person, PersonStatus, Site
+from directory_sync.store import Account, AccountState, Affiliation, Person, PersonStatus, Site, sa_table
 
 from .models import SiteChoice, UpstreamIdentity
 
@@ -21,6 +21,42 @@ from .models import SiteChoice, UpstreamIdentity
 def idnat_ps(rpps: str | None) -> str | None:
     """The national health-professional id (ANS): "8" followed by the RPPS number."""
     return f"8{rpps}" if rpps else None
+
+
+#: Built once (composing it cost more than running it).
+_ACTIVE_AFFILIATIONS = (
+    select(Affiliation, Site)
+    .join(Site, col(Site.code) == col(Affiliation.site), isouter=True)
+    .where(col(Affiliation.person_id) == bindparam("person"), col(Affiliation.active).is_(True))
+    .order_by(col(Affiliation.started_at), col(Affiliation.site))
+)
+
+
+_person, _affiliation, _site = sa_table(Person), sa_table(Affiliation), sa_table(Site)
+#: What `claims` reads, as Core rows (no ORM entities, no unit of work), built once.
+_CLAIMS_PERSON = select(
+    _person.c.id,
+    _person.c.status,
+    _person.c.login,
+    _person.c.given_name,
+    _person.c.family_name,
+    _person.c.email,
+    _person.c.rpps,
+    _person.c.updated_at,
+).where(_person.c.id == bindparam("person"))
+_CLAIMS_AFFILIATIONS = (
+    select(
+        _affiliation.c.site,
+        _affiliation.c.profession,
+        _affiliation.c.department,
+        _affiliation.c.title,
+        _site.c.name.label("site_name"),
+        _site.c.finess,
+    )
+    .select_from(_affiliation.outerjoin(_site, _site.c.code == _affiliation.c.site))
+    .where(_affiliation.c.person_id == bindparam("person"), _affiliation.c.active.is_(True))
+    .order_by(_affiliation.c.started_at, _affiliation.c.site)
+)
 
 
 class ClaimsBuilder:
@@ -31,12 +67,7 @@ class ClaimsBuilder:
 
     def active_affiliations(self, session: Session, person_id: str) -> list[tuple[Affiliation, Site | None]]:
         """Active affiliations, the home site (earliest) first."""
-        rows = session.execute(
-            select(Affiliation, Site)
-            .join(Site, col(Site.code) == col(Affiliation.site), isouter=True)
-            .where(col(Affiliation.person_id) == person_id, col(Affiliation.active).is_(True))
-            .order_by(col(Affiliation.started_at), col(Affiliation.site))
-        )
+        rows = session.execute(_ACTIVE_AFFILIATIONS, {"person": person_id})
         return [(affiliation, site) for affiliation, site in rows]
 
     def sites_offered(self, session: Session, person_id: str) -> list[tuple[Affiliation, Site | None]]:
@@ -47,7 +78,7 @@ class ClaimsBuilder:
             affiliations.sort(key=lambda pair: pair[0].site != choice.site)
         return affiliations
 
-    def preferred_username(self, session: Session, person: Person, home_site: str | None) -> str | None:
+    def preferred_username(self, session: Session, person: Any, home_site: str | None) -> str | None:
         login = getattr(person, "login", None)  # the stored territorial login, once the directory has it
         if login:
             return str(login)
@@ -65,14 +96,14 @@ class ClaimsBuilder:
     def claims(
         self, session: Session, person_id: str, scopes: set[str], current_site: str | None
     ) -> dict[str, Any]:
-        person = session.get(Person, person_id)
+        person = session.execute(_CLAIMS_PERSON, {"person": person_id}).first()
         if person is None:
             return {"sub": person_id}
         claims: dict[str, Any] = {"sub": person.id}
         if person.status == PersonStatus.EXTERNAL:  # admitted from Pro Sante Connect (upstream.py)
             claims.update(external=True, roles=external_roles(session, person.id))
-        affiliations = self.active_affiliations(session, person.id)
-        home = affiliations[0][0].site if affiliations else None
+        affiliations = session.execute(_CLAIMS_AFFILIATIONS, {"person": person.id}).all()
+        home = affiliations[0].site if affiliations else None
         if "profile" in scopes:
             name = " ".join(p for p in (person.given_name, person.family_name) if p)
             claims.update(
@@ -85,9 +116,9 @@ class ClaimsBuilder:
         if "email" in scopes and person.email:
             claims["email"] = person.email
         if "health" in scopes:
-            current = next((a for a, _ in affiliations if a.site == current_site), None)
+            current = next((a for a in affiliations if a.site == current_site), None)
             with_profession = current if current and current.profession else None
-            with_profession = with_profession or next((a for a, _ in affiliations if a.profession), None)
+            with_profession = with_profession or next((a for a in affiliations if a.profession), None)
             code = with_profession.profession if with_profession else None
             claims.update(
                 rpps=person.rpps,
@@ -96,14 +127,14 @@ class ClaimsBuilder:
                 affiliations=[
                     {
                         "site": a.site,
-                        "site_name": s.name if s else None,
-                        "finess": s.finess if s else None,
+                        "site_name": a.site_name,
+                        "finess": a.finess,
                         "profession": a.profession,
                         "department": a.department,
                         "title": a.title,
                         "primary": a.site == home,
                     }
-                    for a, s in affiliations
+                    for a in affiliations
                 ],
                 current_site=current_site,
             )

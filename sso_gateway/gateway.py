@@ -10,12 +10,12 @@ import secrets
 import time
 from datetime import timedelta
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import bindparam, delete, insert, select, text
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from directory_sync.config import GatewaySettings, LdapConnection, Settings
-from directory_sync.store import Store, open_store, utcnow
+from directory_sync.store import Store, open_store, sa_table, utcnow
 
 from .claims import ClaimsBuilder
 from .clients import ClientRegistry
@@ -58,6 +58,11 @@ def gateway_settings(settings: Settings) -> GatewaySettings:
     return settings.gateway
 
 
+_PENDING = sa_table(PendingAuthorization)
+_INSERT_PENDING = insert(_PENDING)
+_PURGE_PENDING = delete(_PENDING).where(_PENDING.c.expires_at < bindparam("now"))
+
+
 class Gateway:
     """One gateway: every process built from the same settings and database behaves the same."""
 
@@ -98,14 +103,21 @@ class Gateway:
             created_at=now,
             expires_at=now + timedelta(seconds=PENDING_LIFETIME),
         )
-        with self.store.session() as session:
+        with self.store.engine.begin() as conn:  # Core, built once: no unit of work
             if time.monotonic() >= self._next_pending_purge:  # not at every sign-in: a scan and a write
                 self._next_pending_purge = time.monotonic() + PENDING_PURGE_EVERY
-                session.execute(
-                    delete(PendingAuthorization).where(col(PendingAuthorization.expires_at) < now)
-                )
-            session.add(pending)
-            session.commit()
+                conn.execute(_PURGE_PENDING, {"now": now})
+            conn.execute(
+                _INSERT_PENDING,
+                {
+                    "id": pending.id,
+                    "params": pending.params,
+                    "browser_hash": pending.browser_hash,
+                    "csrf": pending.csrf,
+                    "created_at": pending.created_at,
+                    "expires_at": pending.expires_at,
+                },
+            )
         return pending
 
     def pending(

@@ -10,8 +10,9 @@ import hashlib
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -118,13 +119,46 @@ def remember_site(session: Session, person_id: str, site: str) -> None:
     session.add(choice)
 
 
-def add_session_client(session: Session, sid: str, client_id: str) -> None:
+_INSERT_SESSION = insert(sa_table(BrowserSession))
+
+
+def insert_session(session: Session, record: BrowserSession) -> None:
+    """Write a new browser session (`Sessions.new`) in the caller's transaction: one Core statement
+    built once, no unit of work (the record stays detached). The caller commits."""
+    session.execute(
+        _INSERT_SESSION,
+        {
+            "sid": record.sid,
+            "cookie_hash": record.cookie_hash,
+            "person_id": record.person_id,
+            "auth_time": record.auth_time,
+            "amr": record.amr,
+            "acr": record.acr,
+            "current_site": record.current_site,
+            "created_at": record.created_at,
+            "expires_at": record.expires_at,
+            "ended_at": record.ended_at,
+        },
+    )
+
+
+#: Built once per dialect: an upsert that keeps the row (`add_session_client`).
+_ADD_SESSION_CLIENT = {
+    name: dialect.insert(sa_table(SessionClient))
+    .values(sid=bindparam("sid"), client_id=bindparam("client_id"))
+    .on_conflict_do_nothing()
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
+def add_session_client(session: Session | Connection, sid: str, client_id: str) -> None:
     """Remember that `client_id` received tokens in session `sid` (for back-channel logout).
 
-    One statement, no read first (nor the flush a read would cause): an upsert that keeps the row."""
-    table = sa_table(SessionClient)
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    session.execute(dialect.insert(table).values(sid=sid, client_id=client_id).on_conflict_do_nothing())
+    One statement, no read first (nor the flush a read would cause): an upsert that keeps the row.
+    `session`: an ORM session or a Core connection (the caller commits)."""
+    bind = session.get_bind() if isinstance(session, Session) else session
+    statement = _ADD_SESSION_CLIENT["postgresql" if bind.dialect.name == "postgresql" else "sqlite"]
+    session.execute(statement, {"sid": sid, "client_id": client_id})
 
 
 _SITE_CODES = (

@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, grants
@@ -26,7 +27,7 @@ from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode
 from joserfc.jwk import KeySet
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
@@ -70,6 +71,33 @@ _CLAIM_REFRESH = (
 )
 
 
+#: The code flow's statements, built once (composing them cost more than running them on SQLite).
+_INSERT_GRANT = insert(sa_table(Grant))
+_INSERT_CODE = insert(_codes)
+_grants, _people = sa_table(Grant), sa_table(Person)
+#: The code, its grant (columns prefixed `g__`) and the status of the grant's person, as Core rows.
+_FIND_CODE = (
+    select(*_codes.c, *(c.label(f"g__{c.name}") for c in _grants.c), _people.c.status.label("p__status"))
+    .select_from(
+        _codes.outerjoin(_grants, _grants.c.id == _codes.c.grant_id).outerjoin(
+            _people, _people.c.id == _grants.c.person_id
+        )
+    )
+    .where(_codes.c.code_hash == bindparam("digest"))
+)
+_CODE_NAMES = [c.name for c in _codes.c]
+_GRANT_NAMES = [(c.name, f"g__{c.name}") for c in _grants.c]
+_PERSON_STATUS = select(col(Person.status)).where(col(Person.id) == bindparam("person"))
+_NONCE_USED = (
+    select(col(AuthorizationCode.code_hash))
+    .where(
+        col(AuthorizationCode.client_id) == bindparam("client"),
+        col(AuthorizationCode.nonce) == bindparam("nonce"),
+    )
+    .limit(1)
+)
+
+
 def _server(grant: grants.BaseGrant) -> GatewayAuthorizationServer:
     server: GatewayAuthorizationServer = grant.server
     return server
@@ -78,9 +106,12 @@ def _server(grant: grants.BaseGrant) -> GatewayAuthorizationServer:
 class CodeView:
     """A claimed authorization code, as Authlib's code grant and OpenID extension read it."""
 
-    def __init__(self, record: AuthorizationCode, grant: Grant) -> None:
+    def __init__(self, record: Any, grant: Any, person_status: Any = None) -> None:
+        """`record`, `grant`: the code's and grant's columns as attributes (ORM objects or not)."""
         self.record = record
         self.grant = grant
+        #: The status of the grant's person, read with the code (None: not read).
+        self.person_status = person_status
         self.code_challenge = record.code_challenge
         self.code_challenge_method = record.code_challenge_method
 
@@ -112,8 +143,7 @@ def _active_user(
         return None
     if status is None:
         with server.db(request) as session:
-            query = select(col(Person.status)).where(col(Person.id) == grant.person_id)
-            status = session.execute(query).scalar()
+            status = session.execute(_PERSON_STATUS, {"person": grant.person_id}).scalar()
     if status not in (PersonStatus.ACTIVE, PersonStatus.EXTERNAL):  # external: sso_gateway/upstream.py
         return None
     return AuthenticatedUser(
@@ -136,55 +166,63 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         user: AuthenticatedUser = request.user
         data = request.payload.data
         now = utcnow()
-        grant = Grant(
-            id=secrets.token_hex(16),
-            client_id=request.client.client_id,
-            person_id=user.person_id,
-            sid=user.sid,
-            scope=request.scope or "",
-            current_site=user.current_site,
-            auth_time=now - timedelta(seconds=time.time() - user.auth_time) if user.auth_time else now,
-            amr=user.amr,
-            acr=user.acr,
-        )
-        record = AuthorizationCode(
-            code_hash=digest(code),
-            grant_id=grant.id,
-            client_id=request.client.client_id,
-            redirect_uri=request.payload.redirect_uri or request.client.get_default_redirect_uri(),
-            scope=request.scope or "",
-            nonce=data.get("nonce"),
-            code_challenge=data.get("code_challenge"),
-            code_challenge_method=data.get("code_challenge_method"),
-            created_at=now,
-            expires_at=now + timedelta(seconds=server.settings.authorization_code_lifetime),
-        )
-        with server.store.session() as session:
-            session.add(grant)
-            session.add(record)
+        grant_id = secrets.token_hex(16)
+        grant = {
+            "id": grant_id,
+            "client_id": request.client.client_id,
+            "person_id": user.person_id,
+            "sid": user.sid,
+            "scope": request.scope or "",
+            "current_site": user.current_site,
+            "auth_time": now - timedelta(seconds=time.time() - user.auth_time) if user.auth_time else now,
+            "amr": user.amr,
+            "acr": user.acr,
+            "created_at": now,
+            "revoked_at": None,
+            "revoked_reason": None,
+        }
+        record = {
+            "code_hash": digest(code),
+            "grant_id": grant_id,
+            "client_id": request.client.client_id,
+            "redirect_uri": request.payload.redirect_uri or request.client.get_default_redirect_uri(),
+            "scope": request.scope or "",
+            "nonce": data.get("nonce"),
+            "code_challenge": data.get("code_challenge"),
+            "code_challenge_method": data.get("code_challenge_method"),
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=server.settings.authorization_code_lifetime),
+            "used_at": None,
+        }
+        # Core statements built once, one transaction (no unit of work).
+        with server.store.engine.begin() as conn:
+            conn.execute(_INSERT_GRANT, grant)
+            conn.execute(_INSERT_CODE, record)
             if user.sid:
-                add_session_client(session, user.sid, request.client.client_id)
-            session.commit()
+                add_session_client(conn, user.sid, request.client.client_id)
 
     def query_authorization_code(self, code: str, client: Any) -> CodeView | None:
         """The code, if unused (claimed in `save_token`). A second use revokes the grant and its tokens."""
         server = _server(self)
         now = utcnow()
         with server.db(self.request) as session:
-            row = session.execute(
-                select(AuthorizationCode, Grant)
-                .outerjoin(Grant, col(Grant.id) == col(AuthorizationCode.grant_id))
-                .where(col(AuthorizationCode.code_hash) == digest(code))
-            ).first()
-            if row is None or row[0].client_id != client.client_id:
+            row = session.execute(_FIND_CODE, {"digest": digest(code)}).first()
+            if row is None or row.client_id != client.client_id:
                 return None
-            record, grant = row
+            found = row._mapping
+            record = SimpleNamespace(**{name: found[name] for name in _CODE_NAMES})
+            grant = (
+                SimpleNamespace(**{name: found[label] for name, label in _GRANT_NAMES})
+                if found["g__id"] is not None
+                else None
+            )
+            status = found["p__status"]
             if record.used_at is not None:
                 self._reused(session, record.grant_id, client.client_id)
                 return None
         if grant is None or aware(record.expires_at) <= now:
             return None
-        return CodeView(record, grant)
+        return CodeView(record, grant, status)
 
     def _reused(self, session: Any, grant_id: str, client_id: str) -> None:
         revoked = revoke_grants(session, grant_id=grant_id, reason="code_reuse")
@@ -215,7 +253,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         """Nothing to do: the code was marked used when claimed, and is kept to detect reuse."""
 
     def authenticate_user(self, authorization_code: CodeView) -> AuthenticatedUser | None:
-        return _active_user(_server(self), authorization_code.grant, self.request)
+        return _active_user(
+            _server(self), authorization_code.grant, self.request, authorization_code.person_status
+        )
 
 
 class S256CodeChallenge(CodeChallenge):
@@ -264,17 +304,8 @@ class GatewayOpenIDCode(OpenIDCode):
 
     def exists_nonce(self, nonce: str, request: Any) -> bool:
         with self.gateway.store.session() as session:
-            return (
-                session.execute(
-                    select(col(AuthorizationCode.code_hash))
-                    .where(
-                        col(AuthorizationCode.client_id) == request.payload.client_id,
-                        col(AuthorizationCode.nonce) == nonce,
-                    )
-                    .limit(1)
-                ).first()
-                is not None
-            )
+            found = session.execute(_NONCE_USED, {"client": request.payload.client_id, "nonce": nonce})
+            return found.first() is not None
 
     def generate_user_info(self, user: AuthenticatedUser, scope: str) -> dict[str, Any]:
         claims = self.gateway.user_claims(user, scope)

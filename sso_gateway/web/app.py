@@ -50,7 +50,7 @@ from ..metrics import (
 from ..models import BrowserSession, PendingAuthorization, SiteChoice
 from ..oauth import AuthenticatedUser, GatewayRequest, OAuthResponse
 from ..oauth.tokens import epoch
-from ..sessions import digest, site_codes
+from ..sessions import digest, insert_session, site_codes
 from ..signin import SignInResult
 from .i18n import MESSAGES, pick_locale
 from .observe import ObserveMiddleware
@@ -588,7 +588,7 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 codes = site_codes(db, result.person.id)
                 site = codes[0] if len(codes) == 1 else None
                 record, cookie = gateway.sessions.new(result.person.id, result.amr, site)
-                db.add(record)
+                insert_session(db, record)
                 done = goes_to_application(found.params, record, codes, address)
                 if done:
                     db.execute(PENDING_DELETE, {"id": found.id})
