@@ -50,6 +50,7 @@ from .store import (
     new_person_id,
     sa_table,
 )
+from .store.bulk import insert_rows
 
 #: Person attributes, derived from the person's accounts by survivorship.
 PERSON_FIELDS = ("family_name", "given_name", "birth_name", "birth_date", "email", "rpps", "adeli")
@@ -799,15 +800,13 @@ def apply_plan(
                     reason=action.reason,
                 )
             )
-        session.execute(insert(_PERSON), people)
-        session.execute(insert(_ACCOUNT), [_new_account_row(a, plan.site, now, "created") for a in chunk])
-        session.execute(insert(_AFFILIATION), affiliations)
+        insert_rows(session, _PERSON, people)
+        insert_rows(session, _ACCOUNT, [_new_account_row(a, plan.site, now, "created") for a in chunk])
+        insert_rows(session, _AFFILIATION, affiliations)
 
     links = list(plan.of(ActionKind.LINK))
     for chunk in _chunks(links, _CHUNK):
-        session.execute(
-            insert(_ACCOUNT), [_new_account_row(a, plan.site, now, a.rule or "link") for a in chunk]
-        )
+        insert_rows(session, _ACCOUNT, [_new_account_row(a, plan.site, now, a.rule or "link") for a in chunk])
     # The new accounts' ids, read once: their review cases and correlation keys refer to them.
     ids = _account_ids(session, plan.site, [a.anchor for a in creates + links])
     for action in creates + links:
@@ -815,8 +814,9 @@ def apply_plan(
 
     disputed = [a for a in creates if a.review is not None]
     if disputed:
-        session.execute(
-            insert(_REVIEW),
+        insert_rows(
+            session,
+            _REVIEW,
             [
                 {
                     "site": plan.site,
@@ -917,7 +917,7 @@ def _file_action_keys(session: Session, actions: list[AccountAction]) -> None:
 
 def write_audit(session: Session, events: list[dict[str, Any]]) -> None:
     for chunk in _chunks(events, _CHUNK):
-        session.execute(insert(_AUDIT), list(chunk))
+        insert_rows(session, _AUDIT, chunk)
 
 
 def _account_ids(session: Session, site: str, anchors: list[str]) -> dict[str, int]:

@@ -1,0 +1,104 @@
+"""Bulk inserts that skip SQLAlchemy's per-row parameter handling.
+
+`session.execute(insert(table), rows)` runs every value of every row through SQLAlchemy's parameter
+machinery: at a first run's 460,000 rows (people, accounts, affiliations, audit events) that was 45% of
+applying the plan, more than SQLite's own work. `insert_rows` compiles the statement once, applies each
+column's bind processor itself (the same processors, so what is stored is the same) and hands the rows to
+the DB-API driver's `executemany`. A value that repeats, as the run's timestamp does in every row, goes
+through its column's processor once.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Table, insert
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.orm import Session
+
+
+def insert_rows(bind: Session | Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """INSERT `rows` (dicts keyed by column name, all with the same keys) into `table`, in the caller's
+    transaction. Columns left out get their default, as with `insert(table)`."""
+    if not rows:
+        return
+    connection = bind.connection() if isinstance(bind, Session) else bind
+    dialect = connection.dialect
+    names = tuple(rows[0])
+    sql, positional, order, processors = _statement(table, names, dialect)
+    # Columns left out whose model gives a default: the statement binds them too, as SQLAlchemy would.
+    defaults = {name: _default(table, name) for name in order if name not in names}
+    if defaults:
+        rows = [{**defaults, **row} for row in rows]
+    values = operator.itemgetter(*order)
+    converters = [(i, _converter(processor)) for i, processor in processors]
+    try:
+        if len(order) == 1:
+            parameters: list[Any] = [(values(row),) for row in rows]
+        else:
+            parameters = [values(row) for row in rows]
+    except KeyError as missing:
+        raise ValueError(f"{table.name}: every row needs the same columns, one lacks {missing}") from None
+    if converters:
+        for n, raw in enumerate(parameters):
+            row_values = list(raw)
+            for i, convert in converters:
+                row_values[i] = convert(row_values[i])
+            parameters[n] = tuple(row_values)
+    if not positional:
+        parameters = [dict(zip(order, row_values, strict=True)) for row_values in parameters]
+    connection.exec_driver_sql(sql, parameters)
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(
+    table: Table, names: tuple[str, ...], dialect: Dialect
+) -> tuple[str, bool, tuple[str, ...], tuple[tuple[int, Callable[[Any], Any]], ...]]:
+    """The INSERT's text, whether its parameters are positional, their names in order, and the
+    processors of those that need one (by position): compiled once per table, columns and dialect."""
+    unknown = [name for name in names if name not in table.c]
+    if unknown:
+        raise ValueError(f"{table.name}: no column {', '.join(unknown)}")
+    compiled = insert(table).compile(dialect=dialect, column_keys=list(names))
+    order = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.params)
+    processors = tuple(
+        (i, processor)
+        for i, name in enumerate(order)
+        if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    )
+    return compiled.string, compiled.positional, order, processors
+
+
+def _default(table: Table, name: str) -> Any:
+    default = table.c[name].default
+    if default is None or not default.is_scalar:
+        raise ValueError(f"{table.name}: a value for column {name} is needed in every row")
+    return default.arg  # type: ignore[attr-defined]
+
+
+def _converter(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`processor`, remembering its result for hashable values (a timestamp, a status, a site code
+    repeat across a batch)."""
+    done: dict[Hashable, Any] = {}
+
+    def convert(value: Any) -> Any:
+        kind = type(value)
+        if kind not in _REPEATING:  # JSON documents and the like: different each time
+            return processor(value)
+        # Equal values of another type or time zone may be stored differently: they are other keys.
+        key = (kind, value, value.tzinfo) if kind is datetime else (kind, value)
+        try:
+            return done[key]
+        except KeyError:
+            done[key] = converted = processor(value)
+            return converted
+
+    return convert
+
+
+#: Types whose values repeat across rows and can be remembered (hashable, immutable).
+_REPEATING = frozenset({datetime, date, str, int, bool, float})
