@@ -14,6 +14,7 @@ import json
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .config import TERRITORIAL_ATTRIBUTES, SiteMapping, Transform
 from .identifiers import normalize_adeli, normalize_rpps
@@ -124,6 +125,21 @@ class MappedAccount:
     @property
     def login(self) -> str:
         return self.values.get("login", "")
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Sent from the reading worker in batches: rebuilt by the constructor, not by the dataclass's
+        # generic slots state (which looks the fields up again for every account).
+        return MappedAccount, (
+            self.site,
+            self.anchor,
+            self.dn,
+            self.enabled,
+            self.values,
+            self.deleted,
+            self.warnings,
+            self.fingerprint,
+            self.facts,
+        )
 
 
 class _Unmapped(Exception):

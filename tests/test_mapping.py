@@ -1,11 +1,12 @@
 """Mappings: a hospital's raw attributes become the territorial vocabulary."""
 
+import pickle
 from pathlib import Path
 
 import pytest
 
 from directory_sync.config import load_site_mapping
-from directory_sync.mapping import Mapper, name_case
+from directory_sync.mapping import MappedAccount, Mapper, name_case
 from directory_sync.records import SourceRecord
 
 RPPS = "10001234565"
@@ -120,3 +121,22 @@ def test_hostile_values_are_kept_as_data_without_control_characters(mapper: Mapp
     assert mapped.values["family_name"].startswith("*)(Uid=*))(|(uid=*[31mé")
     assert len(mapped.values["family_name"]) > 5000
     assert mapped.values["login"] == "x y"
+
+
+def test_a_mapped_account_reaches_the_planner_whole_from_the_reading_worker() -> None:
+    """Accounts cross from the reading process in pickled batches: every field survives, including
+    those equality ignores (the fingerprint)."""
+    account = MappedAccount(
+        site="ch-apt",
+        anchor="0b9c2a54-1f3e-4f0c-9d7e-2f5b8a1c3d4e",
+        dn="uid=mberenguier,ou=people,dc=ch-apt,dc=fr",
+        enabled=False,
+        values={"login": "mberenguier", "family_name": "Bérenguier"},
+        deleted=True,
+        warnings=("title 'interne' has no profession",),
+        fingerprint="3f2a",
+        facts={"locked_out": "true"},
+    )
+    copy = pickle.loads(pickle.dumps([account], protocol=pickle.HIGHEST_PROTOCOL))[0]
+    assert copy == account
+    assert (copy.fingerprint, copy.facts, copy.warnings) == ("3f2a", {"locked_out": "true"}, account.warnings)
