@@ -17,10 +17,13 @@ from typing import Any
 
 import ldap3
 import pytest
+from ldap3.utils.asn1 import decode_message_fast
 from sqlalchemy import select
 
 from directory_sync.config import load_settings, load_site_mapping
 from directory_sync.connectors import ActiveDirectoryConnector, open_connector
+from directory_sync.connectors.ber import decode_search_entry
+from directory_sync.connectors.ldap import _decode_entries_lean
 from directory_sync.errors import ConfigError
 from directory_sync.records import SourceRecord
 from directory_sync.store import Account, Affiliation, open_store
@@ -129,6 +132,60 @@ def test_accounts_are_anchored_on_the_objectguid_and_keep_the_objectsid(
     assert record.facts["object_sid"].startswith("S-1-5-21-")
     assert record.first("objectSid") == record.facts["object_sid"]
     assert record.dn.lower() == nimes["dn"]["jmartin"].lower()
+
+
+def test_entries_from_active_directory_decode_as_ldap3_decodes_them(
+    site: Callable[..., Path], nimes: dict[str, Any]
+) -> None:
+    # Search entries are decoded by hand (connectors/ber.py): AD's, with binary GUIDs, SIDs and photos
+    # and a ranged attribute, must come out as ldap3's decoder and the connector's decoding made them.
+    dc: SambaDC = nimes["dc"]
+    # A group of four, in an OU of its own: the site's accounts keep their memberOf for the other tests.
+    elsewhere = dc.add_ou("Plages")
+    staff = [dc.add_user(elsewhere, f"plage{n}", "Agent", f"Plage{n}") for n in range(4)]
+    group = dc.add_group(elsewhere, "GG-Plages-Horaires", staff)
+    connector = open_connector(load_site_mapping(site()))
+    assert isinstance(connector, ActiveDirectoryConnector)
+    decoders = connector.value_decoders
+    conn = connector._open()
+    messages: list[bytes] = []
+    receiving = conn.strategy.receiving
+
+    def record() -> list[bytes]:
+        received: list[bytes] = receiving()
+        messages.extend(received)
+        return received
+
+    conn.strategy.receiving = record
+    try:
+        for _ in connector._pages(conn, [*connector.attributes, "thumbnailPhoto", "objectSid"]):
+            pass
+        # Ranged retrieval: AD answers member;range=0-1, ldap3 asks for the rest and merges the values.
+        conn.search(group, "(objectClass=*)", ldap3.BASE, attributes=["member;range=0-1"])
+        members = conn.response[0]["attributes"]
+    finally:
+        conn.unbind()
+    assert sorted(members) == ["member"]
+    assert sorted(dn.lower() for dn in members["member"]) == sorted(dn.lower() for dn in staff)
+    entries = []
+    for message in messages:
+        reference = ldap3.Connection(ldap3.Server("ldap://127.0.0.1:1", get_info=ldap3.NONE))
+        _decode_entries_lean(reference, decoders)  # what the connector did before: ldap3 decodes
+        by_ldap3 = decode_message_fast(message)
+        expected = (by_ldap3["messageID"], reference.strategy.decode_response_fast(by_ldap3))
+        decoded = decode_search_entry(message, decoders)
+        if expected[1]["type"] == "searchResEntry":
+            assert decoded == expected
+            entries.append(expected[1])
+        else:
+            assert decoded is None
+    by_dn = {entry["dn"].lower(): entry["attributes"] for entry in entries}
+    jmartin = by_dn[nimes["dn"]["jmartin"].lower()]
+    assert jmartin["thumbnailphoto"] == [PHOTO.hex()]
+    assert jmartin["objectsid"][0].startswith("S-1-5-21-")
+    assert len(jmartin["objectguid"][0]) == 36
+    ranged = [sorted(entry["attributes"]) for entry in entries if entry["dn"].lower() == group.lower()]
+    assert ranged == [["member;range=0-1"], ["member;range=2-*"]]  # the first answer, then the rest
 
 
 def test_only_the_user_accounts_under_the_base_dn_are_read(site: Callable[..., Path]) -> None:
