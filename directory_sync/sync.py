@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -31,7 +31,7 @@ from .delta import SyncMode, WatermarkRejected, choose_mode, load_watermark, map
 from .errors import ConfigError, SyncError
 from .locking import SiteBusy, site_lock
 from .mapping import MappedAccount
-from .pipeline import MappedReader
+from .pipeline import MappedReader, ReadingProcess
 from .reconcile import (
     ActionKind,
     Actor,
@@ -150,26 +150,99 @@ def _run_sync(
     with store.session() as session:
         context = RunContext.load(session, config)
     results = []
-    for site in mappings:
-        result = sync_site(
-            site,
-            settings,
-            store,
-            context,
-            dry_run=dry_run,
-            allow_closures=allow_closures,
-            progress=progress,
-            full=full,
-        )
-        if not result.ok and not dry_run:
-            with store.session() as session:  # forget what the failed site's plan put in the index
-                context = RunContext.load(session, config)
-        results.append(result)
+    reading = ReadingProcess(mappings, settings.professions)
+    ahead = ReadAhead(settings, store, reading, full=full)
+    try:
+        for index, site in enumerate(mappings):
+            result = sync_site(
+                site,
+                settings,
+                store,
+                context,
+                dry_run=dry_run,
+                allow_closures=allow_closures,
+                progress=progress,
+                full=full,
+                ahead=ahead,
+                following=mappings[index + 1] if index + 1 < len(mappings) else None,
+            )
+            if not result.ok and not dry_run:
+                with store.session() as session:  # forget what the failed site's plan put in the index
+                    context = RunContext.load(session, config)
+            results.append(result)
+    finally:
+        ahead.close()
+        reading.close()
     if not dry_run:
         with store.session() as session:
             deprovision_expired(session, config.safety.grace_days, utcnow(), Actor("sync: grace period"))
             session.commit()
     return results
+
+
+class ReadAhead:
+    """The next site's full read, started in the run's reading process while this one applies the
+    current site.
+
+    Applying a site's plan (SQL, then the commit) left the other core idle: the reading process now
+    reads and maps the next site in the meantime, and keeps what it read until asked. A read started ahead is used
+    only if it is still the read the site's run would start: a full read (no watermark to start a
+    delta from), and no other run of the site started in between (that run may have read a newer state
+    of the source than ours: the read is then done again, under the lock). When a run of the site is
+    under way elsewhere, nothing is read ahead.
+    """
+
+    def __init__(self, settings: Settings, store: Store, reading: ReadingProcess, *, full: bool) -> None:
+        self.settings, self.store, self.reading, self.full = settings, store, reading, full
+        self._reader: MappedReader | None = None
+        self._site: str | None = None
+        self._last_run: int | None = None
+
+    def start(self, site: SiteMapping) -> None:
+        self.close()
+        reader = MappedReader(site, self.settings.professions, self.reading)
+        with self.store.session() as session:
+            latest = session.execute(_LATEST_RUN, {"site": site.code, "ours": -1}).first()
+            if latest is not None and latest.status == RunStatus.RUNNING:
+                return  # under way elsewhere (or interrupted): the run will see to it
+            choice = choose_mode(
+                load_watermark(session, site.code),
+                mapping_scope(site),
+                supports_delta=reader.supports_delta,
+                full=self.full,
+                kind=site.connection.kind,
+            )
+        if choice.since is not None and reader.supports_delta:
+            return  # a delta: little to read, read inline when its turn comes
+        reader.start()
+        self._reader, self._site, self._last_run = reader, site.code, latest.id if latest else None
+
+    def take(
+        self, session: Session, site: SiteMapping, run_id: int | None, *, full_read: bool
+    ) -> MappedReader | None:
+        """The read started for `site`, if it is still the one to use (else it is stopped)."""
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return None
+        latest = session.execute(_LATEST_RUN, {"site": site.code, "ours": run_id or -1}).first()
+        if self._site == site.code and full_read and (latest.id if latest else None) == self._last_run:
+            return reader
+        reader.close()
+        return None
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+#: The most recent run of a site other than run `ours`.
+_LATEST_RUN = (
+    select(col(SyncRun.id), col(SyncRun.status))
+    .where(col(SyncRun.site) == bindparam("site"), col(SyncRun.id) != bindparam("ours"))
+    .order_by(col(SyncRun.id).desc())
+    .limit(1)
+)
 
 
 @contextlib.contextmanager
@@ -198,9 +271,19 @@ def sync_site(
     allow_closures: int = 0,
     progress: Progress | None = None,
     full: bool = False,
+    ahead: ReadAhead | None = None,
+    following: SiteMapping | None = None,
 ) -> SiteResult:
-    """Sync one site under its run lock (a dry run, which writes nothing, takes none)."""
-    options: dict[str, Any] = {"allow_closures": allow_closures, "progress": progress, "full": full}
+    """Sync one site under its run lock (a dry run, which writes nothing, takes none). With `ahead`,
+    the site's read may have been started while the site before it was applied, and `following`'s
+    read is started while this one is applied."""
+    options: dict[str, Any] = {
+        "allow_closures": allow_closures,
+        "progress": progress,
+        "full": full,
+        "ahead": ahead,
+        "following": following,
+    }
     if dry_run:
         return _sync_site(site, settings, store, context, dry_run=True, **options)
     try:
@@ -221,8 +304,10 @@ def _sync_site(
     allow_closures: int,
     progress: Progress | None,
     full: bool,
+    ahead: ReadAhead | None,
+    following: SiteMapping | None,
 ) -> SiteResult:
-    reader = MappedReader(site, settings.professions)
+    reader = MappedReader(site, settings.professions, ahead.reading if ahead else None)
     started = time.monotonic()
     result = SiteResult(site=site.code, url=reader.url, status=RunStatus.RUNNING, dry_run=dry_run)
     run_id = None if dry_run else _start_run(store, site.code)
@@ -239,6 +324,8 @@ def _sync_site(
         )
         result.mode, result.mode_reason = choice.mode, choice.reason
         delta = choice.since is not None and reader.supports_delta
+        if ahead is not None and not dry_run:
+            reader = ahead.take(session, site, run_id, full_read=not delta) or reader
         planner = SitePlanner(session, site.code, context, delta=delta)
 
         def feed(accounts: Iterable[MappedAccount]) -> None:
@@ -290,6 +377,9 @@ def _sync_site(
                 _finish_run(store, run_id, result)
             return result
         if not dry_run:
+            if ahead is not None and following is not None and result.mode == SyncMode.FULL:
+                ahead.start(following)  # read by its worker while this site is applied (see ReadAhead)
+            session.commit()  # planning only read: the changes start from what is committed now
             now = utcnow()
             applied = apply_plan(
                 session,
