@@ -132,7 +132,7 @@ def run_sync(
     Sites share one `RunContext`: people created or linked at one site are candidates at the next.
     Then people suspended for longer than the grace period are deprovisioned.
     """
-    with _collector_paused():
+    with _collector_paused(), store.checkpoints_in_background():
         return _run_sync(settings, store, sites, dry_run, allow_closures, progress, full)
 
 
@@ -185,11 +185,11 @@ class ReadAhead:
     current site.
 
     Applying a site's plan (SQL, then the commit) left the other core idle: the reading process now
-    reads and maps the next site in the meantime, and keeps what it read until asked. A read started ahead is used
-    only if it is still the read the site's run would start: a full read (no watermark to start a
-    delta from), and no other run of the site started in between (that run may have read a newer state
-    of the source than ours: the read is then done again, under the lock). When a run of the site is
-    under way elsewhere, nothing is read ahead.
+    reads and maps the next site in the meantime, and keeps what it read until asked. A read started
+    ahead is used only if it is still the read the site's run would start: a full read (no watermark
+    to start a delta from), and no other run of the site started in between (that run may have read a
+    newer state of the source than ours: the read is then done again, under the lock). When a run of
+    the site is under way elsewhere, nothing is read ahead.
     """
 
     def __init__(self, settings: Settings, store: Store, reading: ReadingProcess, *, full: bool) -> None:

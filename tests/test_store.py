@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -134,3 +136,27 @@ def test_bulk_inserts_refuse_rows_that_do_not_fit_the_table(tmp_path: Path) -> N
         insert_rows(session, sa_table(Account), [{"site": "ch-a", "nickname": "x"}])
     with store.session() as session, pytest.raises(ValueError, match="one lacks 'anchor'"):
         insert_rows(session, sa_table(Account), [{"site": "ch-a", "anchor": "1"}, {"site": "ch-a"}])
+
+
+def test_a_sync_checkpoints_the_write_ahead_log_in_the_background(tmp_path: Path) -> None:
+    """During a sync, commits leave the log's checkpoints to a thread (not to the commit that fills
+    the log); afterwards connections checkpoint as usual and the log holds nothing left to copy."""
+    store = open_store(f"sqlite:///{tmp_path}/ght.db")
+
+    def autocheckpoint() -> int:
+        with store.engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+
+    assert autocheckpoint() == 10_000
+    with store.checkpoints_in_background():
+        assert autocheckpoint() == 0
+        for batch in range(3):
+            with store.session() as session:
+                session.add(Site(code=f"ch-{batch}", name="x" * 100_000, finess="840000087"))
+                session.commit()
+    assert autocheckpoint() == 10_000
+    # The database file alone (without its log) holds the commits: they were checkpointed (300 kB,
+    # far below the 10,000 pages after which a commit would have checkpointed them itself).
+    shutil.copyfile(tmp_path / "ght.db", tmp_path / "copy.db")
+    with sqlite3.connect(tmp_path / "copy.db") as copy:
+        assert copy.execute("select count(*) from site").fetchone() == (3,)

@@ -7,6 +7,8 @@ purpose (`ght db upgrade`), never behind an operator's back.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("ght.store")
 
 #: The newest schema revision. Opening a directory already at it needs none of Alembic's machinery
 #: (about a quarter of a second per `ght` process); tests/test_store.py checks it against the migrations.
@@ -46,8 +49,45 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: bulk applies touch several indexes at once
     # Checkpoint the write-ahead log every 10,000 pages (40 MiB), not 1,000: a checkpoint syncs the
     # database file, and at the default a delta run's small commits kept paying for them.
-    cursor.execute("PRAGMA wal_autocheckpoint=10000")
+    cursor.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
     cursor.close()
+
+
+_AUTOCHECKPOINT_PAGES = 10_000
+
+
+class _Checkpointer(threading.Thread):
+    """Checkpoints an SQLite database's write-ahead log whenever `wanted` is set, until `finish`."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(name="ght-checkpoint", daemon=True)
+        self.engine = engine
+        self.wanted = threading.Event()
+        self._done = False
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.engine.connect() as connection:
+                raw = connection.connection.driver_connection
+                assert raw is not None
+                while True:
+                    self.wanted.wait()
+                    self.wanted.clear()
+                    last = self._done  # read before the checkpoint: it then covers every commit
+                    # PASSIVE: copies what no reader still needs, never waits for the writer.
+                    raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    if last:
+                        return
+        except BaseException as exc:  # reported by `finish`; the commits' work is not affected
+            self.failure = exc
+
+    def finish(self) -> None:
+        self._done = True
+        self.wanted.set()
+        self.join()
+        if self.failure is not None:
+            log.warning("background checkpoint failed: %s", self.failure)
 
 
 def _normalise_url(url: str) -> str:
@@ -78,6 +118,43 @@ class Store:
     def session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
+
+    @contextmanager
+    def checkpoints_in_background(self) -> Iterator[None]:
+        """During the block, SQLite's write-ahead log is checkpointed by a thread of its own after
+        each commit, instead of inside the commit that fills it (elsewhere: nothing changes).
+
+        A checkpoint copies the log into the database file and syncs it: in a first sync of 100,000
+        accounts, the site commits that ran them waited 1.1 s of their 1.9 s. In a thread (SQLite
+        leaves the interpreter lock while it copies), the next site is read and planned meanwhile.
+        The log is checkpointed once more before the block ends, so it leaves it as short as the
+        commits' own checkpoints did.
+        """
+        if self.engine.dialect.name != "sqlite":
+            yield
+            return
+        checkpointer = _Checkpointer(self.engine)
+
+        def no_autocheckpoint(dbapi_connection: Any, *_: Any) -> None:
+            dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+
+        def autocheckpoint(dbapi_connection: Any, *_: Any) -> None:
+            dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+
+        def committed(_connection: Any) -> None:
+            checkpointer.wanted.set()
+
+        event.listen(self.engine, "checkout", no_autocheckpoint)
+        event.listen(self.engine, "checkin", autocheckpoint)
+        event.listen(self.engine, "commit", committed)
+        checkpointer.start()
+        try:
+            yield
+        finally:
+            checkpointer.finish()  # its connection goes back to the pool with the usual setting
+            event.remove(self.engine, "checkout", no_autocheckpoint)
+            event.remove(self.engine, "checkin", autocheckpoint)
+            event.remove(self.engine, "commit", committed)
 
     # -- schema -------------------------------------------------------------------------------------
 
