@@ -132,7 +132,7 @@ def run_sync(
     Sites share one `RunContext`: people created or linked at one site are candidates at the next.
     Then people suspended for longer than the grace period are deprovisioned.
     """
-    with _collector_paused(), store.checkpoints_in_background():
+    with _collector_paused():
         return _run_sync(settings, store, sites, dry_run, allow_closures, progress, full)
 
 
@@ -152,6 +152,16 @@ def _run_sync(
     results = []
     reading = ReadingProcess(mappings, settings.professions)
     ahead = ReadAhead(settings, store, reading, full=full)
+    background = contextlib.ExitStack()
+    checkpointing: list[bool] = []
+
+    def large_plan() -> None:
+        # From the first large plan on (a first run, a full read after a big change), the log's
+        # checkpoints are done beside the next sites' reads; a delta's commits keep SQLite's own.
+        if not checkpointing:
+            background.enter_context(store.checkpoints_in_background())
+            checkpointing.append(True)
+
     try:
         for index, site in enumerate(mappings):
             result = sync_site(
@@ -165,6 +175,7 @@ def _run_sync(
                 full=full,
                 ahead=ahead,
                 following=mappings[index + 1] if index + 1 < len(mappings) else None,
+                large_plan=large_plan,
             )
             if not result.ok and not dry_run:
                 with store.session() as session:  # forget what the failed site's plan put in the index
@@ -173,11 +184,17 @@ def _run_sync(
     finally:
         ahead.close()
         reading.close()
+        background.close()
     if not dry_run:
         with store.session() as session:
             deprovision_expired(session, config.safety.grace_days, utcnow(), Actor("sync: grace period"))
             session.commit()
     return results
+
+
+#: A plan of this many actions or more is "large": from then on the run checkpoints SQLite's log in the
+#: background (`Store.checkpoints_in_background`). A delta of 1% of 100,000 accounts is about 1,000.
+LARGE_PLAN = 5_000
 
 
 class ReadAhead:
@@ -273,6 +290,7 @@ def sync_site(
     full: bool = False,
     ahead: ReadAhead | None = None,
     following: SiteMapping | None = None,
+    large_plan: Callable[[], None] | None = None,
 ) -> SiteResult:
     """Sync one site under its run lock (a dry run, which writes nothing, takes none). With `ahead`,
     the site's read may have been started while the site before it was applied, and `following`'s
@@ -283,6 +301,7 @@ def sync_site(
         "full": full,
         "ahead": ahead,
         "following": following,
+        "large_plan": large_plan,
     }
     if dry_run:
         return _sync_site(site, settings, store, context, dry_run=True, **options)
@@ -306,6 +325,7 @@ def _sync_site(
     full: bool,
     ahead: ReadAhead | None,
     following: SiteMapping | None,
+    large_plan: Callable[[], None] | None,
 ) -> SiteResult:
     reader = MappedReader(site, settings.professions, ahead.reading if ahead else None)
     started = time.monotonic()
@@ -379,6 +399,8 @@ def _sync_site(
         if not dry_run:
             if ahead is not None and following is not None and result.mode == SyncMode.FULL:
                 ahead.start(following)  # read by its worker while this site is applied (see ReadAhead)
+            if large_plan is not None and len(plan.actions) >= LARGE_PLAN:
+                large_plan()
             session.commit()  # planning only read: the changes start from what is committed now
             now = utcnow()
             applied = apply_plan(
