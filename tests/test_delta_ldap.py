@@ -20,7 +20,12 @@ from sqlalchemy import update
 from sqlmodel import col
 
 from directory_sync.config import Settings, load_settings
-from directory_sync.connectors.syncrepl import _SyncStateValue, decode_sync_state
+from directory_sync.connectors.syncrepl import (
+    _SyncInfoValue,
+    _SyncStateValue,
+    decode_sync_info,
+    decode_sync_state,
+)
 from directory_sync.store import SiteWatermark, Store, open_store
 from directory_sync.sync import SiteResult, run_sync
 from tests.ad_sites import active_logins, assert_same_directory, password_file
@@ -217,6 +222,65 @@ def test_sync_state_controls_decode_as_rfc_4533_defines_them(state: str, cookie:
 def test_a_garbled_sync_state_control_is_refused(garbled: bytes) -> None:
     with pytest.raises(PyAsn1Error):
         decode_sync_state(garbled)
+
+
+def _sync_info(choice: str, cookie: bytes | None, flag: bool | None, uuids: list[bytes]) -> bytes:
+    """A Sync Info value as pyasn1 encodes it (the reference the hand decoder is checked against)."""
+    info = _SyncInfoValue()
+    if choice == "newcookie":
+        info["newcookie"] = cookie or b""
+        return bytes(encoder.encode(info))
+    body = info.componentType[choice].asn1Object.clone()
+    if cookie is not None:
+        body["cookie"] = cookie
+    if flag is not None:
+        body["refreshDeletes" if choice == "syncIdSet" else "refreshDone"] = flag
+    if choice == "syncIdSet":
+        for n, raw in enumerate(uuids):
+            body["syncUUIDs"][n] = raw
+    info[choice] = body
+    return bytes(encoder.encode(info))
+
+
+@pytest.mark.parametrize(
+    "cookie", [None, b"rid=000,csn=20261123120000.000000Z#000000#000#000000", b"c" * 300]
+)
+@pytest.mark.parametrize("flag", [None, True, False])
+@pytest.mark.parametrize("choice", ["refreshDelete", "refreshPresent", "syncIdSet"])
+def test_sync_info_messages_decode_as_rfc_4533_defines_them(
+    choice: str, flag: bool | None, cookie: bytes | None
+) -> None:
+    # slapd reports deletions in them, often one message each: read by hand, checked against pyasn1.
+    uuids = [bytes([n] * 16) for n in range(20)] if choice == "syncIdSet" else []
+    default = choice != "syncIdSet"  # refreshDone defaults to TRUE, refreshDeletes to FALSE
+    decoded = decode_sync_info(_sync_info(choice, cookie, flag, uuids))
+    assert decoded == (choice, cookie, default if flag is None else flag, uuids)
+
+
+def test_a_new_cookie_sync_info_decodes_to_its_cookie() -> None:
+    assert decode_sync_info(_sync_info("newcookie", b"rid=001,csn=1", None, [])) == (
+        "newcookie",
+        b"rid=001,csn=1",
+        False,
+        [],
+    )
+
+
+@pytest.mark.parametrize(
+    "garbled",
+    [
+        b"",
+        b"\x84\x00",  # no such choice
+        b"\xa3\x03\x04\x01x",  # a syncIdSet without its set of UUIDs
+        b"\xa1\x03\x01\x02\x00\x00",  # a two-octet BOOLEAN
+        b"\xa2\x02\x04\x05",  # a cookie running past the end
+        b"\x80\x01xy",  # trailing octets
+        b"\xa1\x03\x02\x01\x00",  # an INTEGER where none belongs
+    ],
+)
+def test_a_garbled_sync_info_is_refused(garbled: bytes) -> None:
+    with pytest.raises(PyAsn1Error):
+        decode_sync_info(garbled)
 
 
 def test_a_delta_closing_too_many_accounts_trips_the_threshold(avignon: SlapdServer, tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 The server (slapd with the syncprov overlay) answers a search carrying a Sync Request control and a
 cookie with the entries added or changed since the cookie, whole, and the entryUUIDs of the entries
 deleted or moved out of the search's scope since then (from its session log), then a new cookie.
-ldap3 has no syncrepl helper: the controls are encoded and decoded here with pyasn1.
+ldap3 has no syncrepl helper: the controls are encoded here with pyasn1; what comes once per changed
+or deleted entry (the Sync State control, Sync Info messages) is decoded by hand, checked against
+pyasn1's encoding in tests/test_delta_ldap.py.
 
 When the session log no longer covers the cookie, slapd answers with the *present* phase instead (every
 entry still there, to be compared with a full copy); a garbled cookie is answered with the whole
@@ -167,6 +169,55 @@ def decode_sync_state(value: bytes) -> tuple[str, bytes, bytes | None]:
     return state, value[uuid_start:uuid_end], cookie
 
 
+_INFO_CHOICES = {0xA1: "refreshDelete", 0xA2: "refreshPresent", 0xA3: "syncIdSet"}
+
+
+def decode_sync_info(value: bytes) -> tuple[str, bytes | None, bool, list[bytes]]:
+    """A Sync Info message's value, decoded by hand: (choice, cookie or None, flag, syncUUIDs).
+
+    slapd sends the entryUUIDs of deleted entries in Sync Info messages, often one message each, so
+    they are read without pyasn1 like the Sync State control (RFC 4533 section 2.5):
+    `newcookie [0] syncCookie`, `refreshDelete [1]` and `refreshPresent [2] SEQUENCE { cookie
+    OPTIONAL, refreshDone BOOLEAN DEFAULT TRUE }`, `syncIdSet [3] SEQUENCE { cookie OPTIONAL,
+    refreshDeletes BOOLEAN DEFAULT FALSE, syncUUIDs SET OF syncUUID }`. `flag` is refreshDone or
+    refreshDeletes. Anything else raises PyAsn1Error, as the decoder would.
+    """
+    value = bytes(value)
+    if not value:
+        raise PyAsn1Error("empty Sync Info value")
+    if value[0] == 0x80:
+        start, end = _tlv(value, 0, 0x80)
+        if end != len(value):
+            raise PyAsn1Error("trailing octets after the Sync Info value")
+        return "newcookie", value[start:end], False, []
+    name = _INFO_CHOICES.get(value[0])
+    if name is None:
+        raise PyAsn1Error(f"unknown Sync Info choice, tag 0x{value[0]:02x}")
+    at, end = _tlv(value, 0, value[0])
+    if end != len(value):
+        raise PyAsn1Error("trailing octets after the Sync Info value")
+    cookie = None
+    if at < end and value[at] == 0x04:
+        cookie_start, at = _tlv(value, at, 0x04)
+        cookie = value[cookie_start:at]
+    flag = name != "syncIdSet"  # refreshDone defaults to TRUE, refreshDeletes to FALSE
+    if at < end and value[at] == 0x01:
+        flag_start, at = _tlv(value, at, 0x01)
+        if at - flag_start != 1:
+            raise PyAsn1Error("a BOOLEAN of other than one octet in a Sync Info value")
+        flag = value[flag_start] != 0
+    uuids: list[bytes] = []
+    if name == "syncIdSet":
+        set_start, set_end = _tlv(value, at, 0x31)
+        while set_start < set_end:
+            uuid_start, set_start = _tlv(value, set_start, 0x04)
+            uuids.append(value[uuid_start:set_start])
+        at = set_end
+    if at != end:
+        raise PyAsn1Error("unexpected element in a Sync Info value")
+    return name, cookie, flag, uuids
+
+
 def _optional(component: Any) -> bytes | None:
     return bytes(component) if component.isValue else None
 
@@ -201,20 +252,13 @@ def _parse(response: list[dict[str, Any]], controls: dict[str, Any]) -> Refresh:
     for message in response:
         kind = message.get("type")
         if kind == "intermediateResponse" and message.get("responseName") == SYNC_INFO_OID:
-            info, _ = decoder.decode(message["responseValue"], asn1Spec=_SyncInfoValue())
-            name = info.getName()
-            if name == "newcookie":
-                take(bytes(info["newcookie"]))
-            elif name == "refreshPresent":
+            name, cookie, refresh_deletes, uuids = decode_sync_info(message["responseValue"])
+            take(cookie)
+            if name == "refreshPresent":
                 refresh.present_phase = True
-                take(_optional(info["refreshPresent"]["cookie"]))
-            elif name == "refreshDelete":
-                take(_optional(info["refreshDelete"]["cookie"]))
-            else:
-                id_set = info["syncIdSet"]
-                take(_optional(id_set["cookie"]))
-                if id_set["refreshDeletes"]:
-                    refresh.deleted.extend(_uuid_text(u) for u in id_set["syncUUIDs"])
+            elif name == "syncIdSet":
+                if refresh_deletes:
+                    refresh.deleted.extend(_uuid_text(u) for u in uuids)
                 else:
                     refresh.present_phase = True
         elif kind == "searchResEntry":
