@@ -87,10 +87,13 @@ def _converter(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     def convert(value: Any) -> Any:
         kind = type(value)
-        if kind not in _REPEATING:  # JSON documents and the like: different each time
+        if kind in _REPEATING:
+            # Equal values of another type or time zone may be stored differently: other keys.
+            key: Hashable = (kind, value, value.tzinfo) if kind is datetime else (kind, value)
+        elif (kind is dict or kind is list) and not value:
+            key = (kind, None)  # an empty JSON document (an LDAP account's facts): the same each time
+        else:  # other JSON documents: different each time
             return processor(value)
-        # Equal values of another type or time zone may be stored differently: they are other keys.
-        key = (kind, value, value.tzinfo) if kind is datetime else (kind, value)
         try:
             return done[key]
         except KeyError:
