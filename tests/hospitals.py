@@ -132,3 +132,17 @@ def suffix_ldif(path: Path, suffix: str, entries: list[tuple[str, dict[str, Any]
     text += "".join(ldif_entry(dn, attributes) for dn, attributes in entries)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def record_messages(conn: Any) -> list[bytes]:
+    """Make an ldap3 connection keep the octets of every message it receives, in the list returned."""
+    messages: list[bytes] = []
+    receiving = conn.strategy.receiving
+
+    def record() -> list[bytes]:
+        received: list[bytes] = receiving()
+        messages.extend(received)
+        return received
+
+    conn.strategy.receiving = record
+    return messages

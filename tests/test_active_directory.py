@@ -29,7 +29,7 @@ from directory_sync.records import SourceRecord
 from directory_sync.store import Account, Affiliation, open_store
 from directory_sync.sync import run_sync
 from tests.ad_sites import ROLES, ad_connection, password_file, write_ad_site
-from tests.hospitals import rpps, write_config
+from tests.hospitals import record_messages, rpps, write_config
 from tests.servers.samba import SambaDC
 
 DOCTOR_RPPS = rpps(31)
@@ -148,15 +148,7 @@ def test_entries_from_active_directory_decode_as_ldap3_decodes_them(
     assert isinstance(connector, ActiveDirectoryConnector)
     decoders = connector.value_decoders
     conn = connector._open()
-    messages: list[bytes] = []
-    receiving = conn.strategy.receiving
-
-    def record() -> list[bytes]:
-        received: list[bytes] = receiving()
-        messages.extend(received)
-        return received
-
-    conn.strategy.receiving = record
+    messages = record_messages(conn)
     try:
         for _ in connector._pages(conn, [*connector.attributes, "thumbnailPhoto", "objectSid"]):
             pass

@@ -19,7 +19,7 @@ from directory_sync.config import load_site_mapping
 from directory_sync.connectors import open_connector, syncrepl
 from directory_sync.connectors.ber import MalformedMessage, decode_search_entry
 from directory_sync.connectors.ldap import LdapConnector, _decode_entries_lean
-from tests.hospitals import ldap_connection, person, suffix_ldif, write_site
+from tests.hospitals import ldap_connection, person, record_messages, suffix_ldif, write_site
 from tests.servers.slapd import SlapdServer, Suffix
 
 SUFFIX = "dc=ch-apt,dc=fr"
@@ -59,15 +59,7 @@ def recorded_messages(tmp_path: Path, server: SlapdServer) -> list[bytes]:
     connector = open_connector(load_site_mapping(path))
     assert isinstance(connector, LdapConnector)
     conn = connector._open()
-    messages: list[bytes] = []
-    receiving = conn.strategy.receiving
-
-    def record() -> list[bytes]:
-        received: list[bytes] = receiving()
-        messages.extend(received)
-        return received
-
-    conn.strategy.receiving = record
+    messages = record_messages(conn)
     attributes = ["*", "entryUUID", "jpegPhoto"]
     try:
         for _ in connector._pages(conn, attributes):
