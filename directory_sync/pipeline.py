@@ -80,9 +80,9 @@ class ReadingProcess:
         while True:
             try:
                 read, kind, payload = self._results.recv()
-            except EOFError:
-                worker, self._worker = self._worker, None
-                worker.join(timeout=5)
+            except (EOFError, OSError):  # OSError: it died in the middle of a message
+                worker = self._worker
+                self.close()  # the next request forks another
                 raise SourceReadIncomplete(
                     site.code,
                     site.connection.url,

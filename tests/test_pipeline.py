@@ -4,6 +4,8 @@ and a read started ahead used only while it is still the read the run would star
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +13,17 @@ import pytest
 
 from directory_sync import sync
 from directory_sync.config import Settings, load_settings
+from directory_sync.errors import SourceReadIncomplete
 from directory_sync.pipeline import MappedReader, ReadingProcess
 from directory_sync.store import RunStatus, open_store
 from directory_sync.synthetic import generate
 from tests.ad_sites import differences, directory_snapshot
 
 
-def synthetic_ght(directory: Path, database: str = "ght.db") -> Settings:
+def synthetic_ght(directory: Path, database: str = "ght.db", accounts: int = 900) -> Settings:
     """Three synthetic hospitals as LDIF exports (read completely at every run: no watermark)."""
     directory.mkdir(parents=True, exist_ok=True)
-    ght = generate(seed=7, sites=3, accounts=900)
+    ght = generate(seed=7, sites=3, accounts=accounts)
     for spec in ght.sites:
         ght.write_ldif(spec.code, directory / f"{spec.code}.ldif")
     ght.write_mappings(
@@ -112,5 +115,25 @@ def test_a_read_abandoned_midway_does_not_leak_into_the_next(tmp_path: Path) -> 
         first.close()
         second = list(MappedReader(sites[2], settings.professions, reading).read_all())
         assert second and {a.site for a in second} == {sites[2].code}
+    finally:
+        reading.close()
+
+
+def test_a_reading_process_that_dies_fails_its_read_clearly_and_the_next_read_gets_a_new_one(
+    tmp_path: Path,
+) -> None:
+    settings = synthetic_ght(tmp_path, accounts=12_000)  # more than the pipe holds: the read is under way
+    sites = settings.load_sites()
+    reading = ReadingProcess(sites, settings.professions)
+    try:
+        accounts = MappedReader(sites[0], settings.professions, reading).read_all()
+        next(accounts)
+        worker = reading._worker
+        assert worker is not None and worker.pid is not None
+        os.kill(worker.pid, signal.SIGKILL)  # the OOM killer, or an operator
+        with pytest.raises(SourceReadIncomplete, match="the reading process died"):
+            list(accounts)
+        again = list(MappedReader(sites[1], settings.professions, reading).read_all())
+        assert again and {a.site for a in again} == {sites[1].code}
     finally:
         reading.close()
