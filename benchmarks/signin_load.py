@@ -480,6 +480,12 @@ def main() -> None:
                 spy.wait()
             report(f"gateway complete sign-in ({args.client})", latencies, args.seconds)
             print(split.describe())
+            # Per sign-in: a figure that the machine's other load changes much less than the rate.
+            per_signin = {p: 1000 * cpu / max(len(latencies), 1) for p, cpu in split.used.items()}
+            print(
+                "CPU per sign-in: "
+                + ", ".join(f"{p} {ms:.2f} ms" for p, ms in sorted(per_signin.items(), key=lambda x: -x[1]))
+            )
             print(f"load average at the end: {load_average()}")
             httpx.get(f"{gateway.url}/healthz").raise_for_status()
         finally:

@@ -34,7 +34,8 @@ _ACTIVE_AFFILIATIONS = (
 
 _person, _affiliation, _site = sa_table(Person), sa_table(Affiliation), sa_table(Site)
 #: What `claims` reads, as Core rows (no ORM entities, no unit of work), built once.
-_CLAIMS_PERSON = select(
+#: The person's columns the claims are made of (the code grant reads them with the code: grants.py).
+CLAIMS_PERSON_COLUMNS = (
     _person.c.id,
     _person.c.status,
     _person.c.login,
@@ -43,7 +44,8 @@ _CLAIMS_PERSON = select(
     _person.c.email,
     _person.c.rpps,
     _person.c.updated_at,
-).where(_person.c.id == bindparam("person"))
+)
+_CLAIMS_PERSON = select(*CLAIMS_PERSON_COLUMNS).where(_person.c.id == bindparam("person"))
 _CLAIMS_AFFILIATIONS = (
     select(
         _affiliation.c.site,
@@ -94,15 +96,24 @@ class ClaimsBuilder:
         return None
 
     def claims(
-        self, session: Session, person_id: str, scopes: set[str], current_site: str | None
+        self,
+        session: Session,
+        person_id: str,
+        scopes: set[str],
+        current_site: str | None,
+        person: Any = None,
     ) -> dict[str, Any]:
-        person = session.execute(_CLAIMS_PERSON, {"person": person_id}).first()
+        """`person`: the person's `CLAIMS_PERSON_COLUMNS` as attributes, if the caller read them."""
+        if person is None:
+            person = session.execute(_CLAIMS_PERSON, {"person": person_id}).first()
         if person is None:
             return {"sub": person_id}
         claims: dict[str, Any] = {"sub": person.id}
         if person.status == PersonStatus.EXTERNAL:  # admitted from Pro Sante Connect (upstream.py)
             claims.update(external=True, roles=external_roles(session, person.id))
-        affiliations = session.execute(_CLAIMS_AFFILIATIONS, {"person": person.id}).all()
+        # Only the profile (the home site's login) and health claims need the affiliations.
+        needed = "profile" in scopes or "health" in scopes
+        affiliations = session.execute(_CLAIMS_AFFILIATIONS, {"person": person.id}).all() if needed else []
         home = affiliations[0].site if affiliations else None
         if "profile" in scopes:
             name = " ".join(p for p in (person.given_name, person.family_name) if p)

@@ -6,6 +6,7 @@ when and how they authenticated, and the site where they are working now.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 from datetime import datetime, timedelta
@@ -71,12 +72,14 @@ class Sessions:
         )
         return record, cookie
 
-    def current(self, cookie: str | None) -> BrowserSession | None:
-        """The live session behind a cookie, if any (ended or expired sessions are not)."""
+    def current(self, cookie: str | None, session: Session | None = None) -> BrowserSession | None:
+        """The live session behind a cookie, if any (ended or expired sessions are not).
+
+        `session`: read in the caller's transaction, else in one of its own."""
         if not cookie:
             return None
-        with self.store.session() as session:
-            live = session.execute(
+        with contextlib.nullcontext(session) if session is not None else self.store.session() as db:
+            live = db.execute(
                 select(BrowserSession).where(col(BrowserSession.cookie_hash) == digest(cookie))
             ).scalar_one_or_none()
         if live is None or live.ended_at is not None or aware(live.expires_at) <= utcnow():
@@ -102,14 +105,19 @@ class Sessions:
         with self.store.session() as session:
             return session.get(BrowserSession, sid)
 
-    def set_site(self, sid: str, person_id: str, site: str) -> None:
-        """The person says where they work now: the session and their remembered choice follow."""
-        with self.store.session() as session:
+    def set_site(self, sid: str, person_id: str, site: str, session: Session | None = None) -> None:
+        """The person says where they work now: the session and their remembered choice follow.
+
+        `session`: in the caller's transaction (the caller commits), else in one of its own."""
+        if session is not None:
             session.execute(
                 update(BrowserSession).where(col(BrowserSession.sid) == sid).values(current_site=site)
             )
             remember_site(session, person_id, site)
-            session.commit()
+            return
+        with self.store.session() as own:
+            self.set_site(sid, person_id, site, own)
+            own.commit()
 
 
 def remember_site(session: Session, person_id: str, site: str) -> None:

@@ -323,6 +323,24 @@ def test_code_reuse_is_refused_and_revokes_what_the_first_use_issued(env: Env) -
     assert refresh.status_code == 400
 
 
+def test_a_nonce_given_with_a_code_is_refused_again_even_to_a_sign_in_form_already_open(env: Env) -> None:
+    """The nonce is looked up when the request arrives and again, in the sign-in's own transaction,
+    before its code is written: a second request with the same nonce, whose form was opened before
+    the first one's code existed, gets an error redirect instead of a code."""
+    client_id, _ = add_client(env)
+    params = authorize_params(client_id, pkce_pair()[1])
+    first = env.browser.follow(env.browser.authorize(**params))
+    second = env.browser.follow(env.browser.authorize(**(params | {"state": "second"})))
+    assert first.status_code == second.status_code == 200
+    assert "code" in redirect_params(env.browser.sign_in(first, "pgarcia", PASSWORD))
+    refused = redirect_params(env.browser.sign_in(second, "pgarcia", PASSWORD))
+    assert refused["error"] == "invalid_request" and "code" not in refused
+    assert refused["state"] == "second" and refused["iss"] == ISSUER
+    env.http.cookies.clear()
+    again = redirect_params(env.browser.authorize(**params))
+    assert again["error"] == "invalid_request" and again["state"] == params["state"]
+
+
 def test_pkce_is_required_s256_only_and_checked(env: Env) -> None:
     client_id, secret = add_client(env)
     # missing: the error goes back to the (validated) redirect URI, with iss

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from datetime import timedelta
@@ -34,6 +35,7 @@ from sqlmodel import col
 from directory_sync.store import Person, PersonStatus, sa_table, utcnow
 
 from ..audit import record_event
+from ..claims import CLAIMS_PERSON_COLUMNS
 from ..models import AuthorizationCode, ClientAssertionUse, Grant, IssuedToken
 from ..sessions import add_session_client, aware, digest
 from .tokens import (
@@ -75,9 +77,14 @@ _CLAIM_REFRESH = (
 _INSERT_GRANT = insert(sa_table(Grant))
 _INSERT_CODE = insert(_codes)
 _grants, _people = sa_table(Grant), sa_table(Person)
-#: The code, its grant (columns prefixed `g__`) and the status of the grant's person, as Core rows.
+#: The code, its grant (columns prefixed `g__`) and the grant's person (`p__`: its status, and what
+#: the ID token's claims are made of, so that they need no query of their own), as Core rows.
 _FIND_CODE = (
-    select(*_codes.c, *(c.label(f"g__{c.name}") for c in _grants.c), _people.c.status.label("p__status"))
+    select(
+        *_codes.c,
+        *(c.label(f"g__{c.name}") for c in _grants.c),
+        *(c.label(f"p__{c.name}") for c in CLAIMS_PERSON_COLUMNS),
+    )
     .select_from(
         _codes.outerjoin(_grants, _grants.c.id == _codes.c.grant_id).outerjoin(
             _people, _people.c.id == _grants.c.person_id
@@ -87,6 +94,7 @@ _FIND_CODE = (
 )
 _CODE_NAMES = [c.name for c in _codes.c]
 _GRANT_NAMES = [(c.name, f"g__{c.name}") for c in _grants.c]
+_PERSON_NAMES = [(c.name, f"p__{c.name}") for c in CLAIMS_PERSON_COLUMNS]
 _PERSON_STATUS = select(col(Person.status)).where(col(Person.id) == bindparam("person"))
 _NONCE_USED = (
     select(col(AuthorizationCode.code_hash))
@@ -106,12 +114,14 @@ def _server(grant: grants.BaseGrant) -> GatewayAuthorizationServer:
 class CodeView:
     """A claimed authorization code, as Authlib's code grant and OpenID extension read it."""
 
-    def __init__(self, record: Any, grant: Any, person_status: Any = None) -> None:
+    def __init__(self, record: Any, grant: Any, person_status: Any = None, person: Any = None) -> None:
         """`record`, `grant`: the code's and grant's columns as attributes (ORM objects or not)."""
         self.record = record
         self.grant = grant
         #: The status of the grant's person, read with the code (None: not read).
         self.person_status = person_status
+        #: The grant's person's `CLAIMS_PERSON_COLUMNS` as attributes, read with the code (or None).
+        self.person = person
         self.code_challenge = record.code_challenge
         self.code_challenge_method = record.code_challenge_method
 
@@ -194,12 +204,15 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             "expires_at": now + timedelta(seconds=server.settings.authorization_code_lifetime),
             "used_at": None,
         }
-        # Core statements built once, one transaction (no unit of work).
-        with server.store.engine.begin() as conn:
-            conn.execute(_INSERT_GRANT, grant)
-            conn.execute(_INSERT_CODE, record)
+        # Core statements built once (no unit of work), in the adapter's transaction when it handed one
+        # over (the login form's POST: the sign-in, its session and its code in one commit), else in one
+        # of their own.
+        own = request.db is None
+        with server.store.engine.begin() if own else contextlib.nullcontext(request.db) as db:
+            db.execute(_INSERT_GRANT, grant)
+            db.execute(_INSERT_CODE, record)
             if user.sid:
-                add_session_client(conn, user.sid, request.client.client_id)
+                add_session_client(db, user.sid, request.client.client_id)
 
     def query_authorization_code(self, code: str, client: Any) -> CodeView | None:
         """The code, if unused (claimed in `save_token`). A second use revokes the grant and its tokens."""
@@ -217,12 +230,17 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 else None
             )
             status = found["p__status"]
+            person = (
+                SimpleNamespace(**{name: found[label] for name, label in _PERSON_NAMES})
+                if found["p__id"] is not None
+                else None
+            )
             if record.used_at is not None:
                 self._reused(session, record.grant_id, client.client_id)
                 return None
         if grant is None or aware(record.expires_at) <= now:
             return None
-        return CodeView(record, grant, status)
+        return CodeView(record, grant, status, person)
 
     def _reused(self, session: Any, grant_id: str, client_id: str) -> None:
         revoked = revoke_grants(session, grant_id=grant_id, reason="code_reuse")
@@ -253,9 +271,15 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         """Nothing to do: the code was marked used when claimed, and is kept to detect reuse."""
 
     def authenticate_user(self, authorization_code: CodeView) -> AuthenticatedUser | None:
-        return _active_user(
-            _server(self), authorization_code.grant, self.request, authorization_code.person_status
-        )
+        server = _server(self)
+        user = _active_user(server, authorization_code.grant, self.request, authorization_code.person_status)
+        scope = authorization_code.get_scope()
+        if user is not None and "openid" in scope.split():
+            # The ID token's claims, read now in the code's transaction: once `save_token` has committed,
+            # they would take a transaction (a connection, BEGIN and ROLLBACK) of their own.
+            claims = server.user_claims(user, scope, self.request, authorization_code.person)
+            user.claims_read = (scope, claims)
+        return user
 
 
 class S256CodeChallenge(CodeChallenge):
@@ -303,12 +327,16 @@ class GatewayOpenIDCode(OpenIDCode):
         }
 
     def exists_nonce(self, nonce: str, request: Any) -> bool:
-        with self.gateway.store.session() as session:
+        with self.gateway.db(request) as session:  # the adapter's transaction, if it handed one over
             found = session.execute(_NONCE_USED, {"client": request.payload.client_id, "nonce": nonce})
             return found.first() is not None
 
     def generate_user_info(self, user: AuthenticatedUser, scope: str) -> dict[str, Any]:
-        claims = self.gateway.user_claims(user, scope)
+        read = user.claims_read
+        if read is not None and read[0] == scope:
+            claims = dict(read[1])
+        else:
+            claims = self.gateway.user_claims(user, scope)
         if user.sid:
             claims["sid"] = user.sid
         return claims

@@ -226,9 +226,12 @@ class GatewayAuthorizationServer(AuthorizationServer):
         self.issuer_parameter.add_issuer_parameter(self, response)
         return response
 
-    def user_claims(self, user: AuthenticatedUser, scope: str, request: Any = None) -> dict[str, Any]:
+    def user_claims(
+        self, user: AuthenticatedUser, scope: str, request: Any = None, person: Any = None
+    ) -> dict[str, Any]:
+        """`person`: the person's columns the claims need, if already read (`ClaimsBuilder.claims`)."""
         with self.db(request) as session:
-            return self.claims.claims(session, user.person_id, set(scope.split()), user.current_site)
+            return self.claims.claims(session, user.person_id, set(scope.split()), user.current_site, person)
 
     def access_token_claims(self, token: str) -> dict[str, Any] | None:
         """The claims of an access token of ours: our signature and algorithm, `at+jwt`, our issuer,

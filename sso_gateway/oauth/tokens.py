@@ -51,6 +51,8 @@ class AuthenticatedUser:
     current_site: str | None = None
     grant_id: str | None = None
     acr: str | None = None
+    #: (scope, claims) already read for this grant's ID token (`AuthorizationCodeGrant.authenticate_user`).
+    claims_read: tuple[str, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     def get_user_id(self) -> str:
         return self.person_id

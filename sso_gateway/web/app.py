@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from directory_sync.config import load_settings
 from directory_sync.store import Affiliation, Person, Site, sa_table
@@ -278,9 +278,7 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
 
     # -- token, userinfo, introspection, revocation --------------------------------------------------
 
-    @app.post("/token")
-    async def token(request: Request) -> Response:
-        oreq = await oauth_request(request, gateway)
+    async def token_response(oreq: GatewayRequest) -> Response:
         if server.answers_without_database(oreq):  # client credentials, client and key cached: CPU only
             result = server.create_token_response(oreq)
         else:
@@ -289,13 +287,20 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
             TOKENS_ISSUED.labels(oreq.form.get("grant_type", "")).inc()
         return to_response(result)
 
+    @app.post("/token")
+    async def token(request: Request) -> Response:
+        """A token request in another form than urlencoded (TokenShortcut answers those)."""
+        return await token_response(await oauth_request(request, gateway))
+
     token_route = next(r for r in app.router.routes if getattr(r, "path", None) == "/token")
 
-    class RefreshShortcut:
-        """A refresh grant the fast path answers (oauth/fastpath.py: a grant that succeeds), answered as
+    class TokenShortcut:
+        """Token requests in the form OAuth clients send (RFC 6749: urlencoded, no query), answered as
         plain ASGI right inside ObserveMiddleware (request id and metrics as for any request): the
         exception middleware, the router and FastAPI's request and response machinery were about a
-        third of such a grant's CPU. Every other request goes on to `token`, its body replayed."""
+        third of a refresh grant's CPU. A refresh grant the fast path answers (oauth/fastpath.py: one
+        that succeeds) is answered there; every other grant by `token_response`, as the route would.
+        Any other request goes on to the application."""
 
         def __init__(self, app: ASGIApp) -> None:
             self.app = app
@@ -306,7 +311,7 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 or scope["path"] != "/token"
                 or scope["method"] != "POST"
                 or scope.get("query_string")
-                or not server.refresh_fast_path.enabled
+                or not _urlencoded_media(headers := Headers(scope=scope))
             ):
                 await self.app(scope, receive, send)
                 return
@@ -318,29 +323,29 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 chunks.append(message.get("body", b""))
                 more = message.get("more_body", False)
             body = b"".join(chunks)
-            headers = Headers(scope=scope)
+            # Parsed directly: a tenth of the multipart parser's cost (see `oauth_request`).
+            pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True)
+            scope["route"] = token_route  # the metrics' route label
             fast = None
-            if b"refresh_token" in body and _urlencoded_media(headers):  # else: not a refresh grant
-                pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True)
+            if server.refresh_fast_path.enabled and b"refresh_token" in body:  # else: not a refresh grant
                 form = dict(reversed(pairs))  # the first value wins, as in GatewayRequest
                 fast = await server.refresh_fast_path.refresh(form, headers, {})
-            if fast is None:
-                replayed = False
+            if fast is not None:
+                TOKENS_ISSUED.labels("refresh_token").inc()
+                response = to_response(fast)
+            else:
+                client = scope.get("client")
+                oreq = GatewayRequest(
+                    "POST",
+                    f"{gateway.issuer}/token",
+                    headers,
+                    form=pairs,
+                    address=client[0] if client else "unknown",
+                )
+                response = await token_response(oreq)
+            await response(scope, receive, send)
 
-                async def replay() -> Message:
-                    nonlocal replayed
-                    if replayed:  # the body was read: what comes next (a disconnect)
-                        return await receive()
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-
-                await self.app(scope, replay, send)
-                return
-            scope["route"] = token_route  # the metrics' route label
-            TOKENS_ISSUED.labels("refresh_token").inc()
-            await to_response(fast)(scope, receive, send)
-
-    app.user_middleware.append(Middleware(RefreshShortcut))  # the innermost: inside ObserveMiddleware
+    app.user_middleware.append(Middleware(TokenShortcut))  # the innermost: inside ObserveMiddleware
 
     @app.api_route("/userinfo", methods=["GET", "POST"])
     async def userinfo(request: Request) -> Response:
@@ -427,11 +432,14 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
         pending: PendingAuthorization | None,
         browser: str,
         codes: list[str] | None = None,
-        dropped: bool = False,
+        db: Session,
     ) -> Response:
         """Decide what the person sees next: the sign-in form, the site picker, or the application.
 
-        `codes`: the person's sites (`site_codes`) if already read; `dropped`: `pending` is deleted."""
+        `codes`: the person's sites (`site_codes`) if already read. `db`: the request's transaction,
+        which the caller commits: the nonce's lookup, the pending request, the site chosen and the
+        code are all read and written there (one transaction per request, not one per step)."""
+        oreq.db, oreq.db_scope = db, True  # the grant's reads and writes (oauth/grants.py) go there too
         params = dict(oreq.payload.data)
         lang = pages.locale(request, params)
         prompt = set(params.get("prompt", "").split())
@@ -456,7 +464,7 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 400,
             )
         if user is None:  # the sign-in form, here: no redirect to /login (one request less, as Keycloak)
-            pending = pending or gateway.save_pending(params, browser)
+            pending = pending or gateway.save_pending(params, browser, db)
             return login_page(request, pending, lang, _address(request))
         if not assurance.satisfies(user.acr, required_level(params, _address(request)), gateway.config):
             if "none" in prompt:  # the level needs the person: say so to the application
@@ -466,17 +474,16 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                     redirect_uri=getattr(grant, "redirect_uri", None),
                 )
                 return to_response(server.authorization_error(oreq, too_low))
-            pending = pending or gateway.save_pending(params, browser)
+            pending = pending or gateway.save_pending(params, browser, db)
             return RedirectResponse(f"/mfa?{urlencode({'request': pending.id})}", status_code=303)
         if codes is None:
-            with gateway.store.session() as db:
-                codes = site_codes(db, user.person_id)
+            codes = site_codes(db, user.person_id)
         site, pick = site_decision(params, user.current_site, codes)
         if pick:
-            pending = pending or gateway.save_pending(params, browser)
+            pending = pending or gateway.save_pending(params, browser, db)
             return RedirectResponse(f"/select-site?{urlencode({'request': pending.id})}", status_code=303)
         if site and site != user.current_site:
-            gateway.sessions.set_site(user.sid, user.person_id, site)
+            gateway.sessions.set_site(user.sid, user.person_id, site, db)
         grant_user = AuthenticatedUser(
             person_id=user.person_id,
             sid=user.sid,
@@ -486,9 +493,26 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
             acr=user.acr,
         )
         result = server.create_authorization_response(oreq, grant_user=grant_user, grant=grant)
-        if pending is not None and not dropped:
-            gateway.drop_pending(pending.id)
+        if pending is not None:
+            gateway.drop_pending(pending.id, db)
         return to_response(result)
+
+    def resume_authorization(
+        request: Request,
+        params: dict[str, str],
+        user: BrowserSession,
+        pending: PendingAuthorization,
+        browser: str,
+    ) -> Response:
+        """The application's request again, once the person has just proved who they are (upstream,
+        second factor) or picked a site: in a transaction of its own."""
+        with gateway.store.session() as db:
+            oreq = authorize_request(params, _address(request))
+            response = continue_authorization(
+                request, oreq, user, fresh=True, pending=pending, browser=browser, db=db
+            )
+            db.commit()
+        return response
 
     def with_browser_cookie(response: Response, browser: str, new: bool) -> Response:
         if new:
@@ -501,8 +525,13 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
         browser, new = browser_of(request)
 
         def run() -> Response:
-            session = gateway.sessions.current(request.cookies.get(SESSION_COOKIE))
-            return continue_authorization(request, oreq, session, fresh=False, pending=None, browser=browser)
+            with gateway.store.session() as db:  # one transaction for the whole request
+                session = gateway.sessions.current(request.cookies.get(SESSION_COOKIE), db)
+                response = continue_authorization(
+                    request, oreq, session, fresh=False, pending=None, browser=browser, db=db
+                )
+                db.commit()
+            return response
 
         return with_browser_cookie(await run_in_threadpool(run), browser, new)
 
@@ -581,18 +610,28 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 return pages.message(request, lang, t["error_heading"], t["error_csrf"], 403)
             found = pending
 
-            def started(db: Session, result: SignInResult) -> tuple[BrowserSession, str, list[str], bool]:
-                """In the sign-in's transaction: the browser session, and the pending request dropped
-                when nothing (second factor, site picker) will need it any more: one commit."""
+            def started(
+                db: Session, result: SignInResult
+            ) -> tuple[BrowserSession, str, list[str], Response | None, bool]:
+                """In the sign-in's transaction, one commit: the browser session, and what follows for
+                the application's request (its code, or the second factor or site picker to show), or
+                else the pending request dropped when nothing will need it any more."""
                 assert result.person is not None
                 codes = site_codes(db, result.person.id)
                 site = codes[0] if len(codes) == 1 else None
                 record, cookie = gateway.sessions.new(result.person.id, result.amr, site)
                 insert_session(db, record)
+                if found.params:
+                    assert browser is not None  # `found` is this browser's pending request
+                    oreq = authorize_request(found.params, address)
+                    response = continue_authorization(
+                        request, oreq, record, fresh=True, pending=found, browser=browser, codes=codes, db=db
+                    )  # fmt: skip
+                    return record, cookie, codes, response, True
                 done = goes_to_application(found.params, record, codes, address)
                 if done:
                     db.execute(PENDING_DELETE, {"id": found.id})
-                return record, cookie, codes, done
+                return record, cookie, codes, None, done
 
             result = gateway.signin(login, password, address, on_success=started, session=db)
             if not result.ok:
@@ -602,12 +641,9 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 status = 401 if not result.retry_after else 429
                 return login_page(request, pending, lang, address, status, login=login, error=message)
             assert result.person is not None and browser is not None
-            record, cookie, codes, dropped = result.after
-            if pending.params:
-                response = continue_authorization(
-                    request, authorize_request(pending.params, address), record, fresh=True, pending=pending,
-                    browser=browser, codes=codes, dropped=dropped,
-                )  # fmt: skip
+            record, cookie, codes, answered, dropped = result.after
+            if answered is not None:
+                response = answered
             elif not assurance.satisfies(record.acr, required_level({}, address), gateway.config):
                 response = RedirectResponse(f"/mfa?{urlencode({'request': pending.id})}", status_code=303)
             else:
@@ -691,10 +727,7 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
             site = choices[0][0].site if len(choices) == 1 else None
             record, cookie = gateway.sessions.start(result.person_id, result.amr, site, acr=result.acr)
             if pending.params:
-                response = continue_authorization(
-                    request, authorize_request(pending.params, address), record, fresh=True, pending=pending,
-                    browser=browser,
-                )  # fmt: skip
+                response = resume_authorization(request, pending.params, record, pending, browser)
             else:
                 gateway.drop_pending(pending.id)
                 response = RedirectResponse("/site" if len(choices) > 1 else "/", status_code=303)
@@ -727,7 +760,6 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
     async def select_site(request: Request) -> Response:
         form = await request.form() if request.method == "POST" else None
         browser = request.cookies.get(BROWSER_COOKIE)
-        address = _address(request)
 
         def run() -> Response:
             pending = gateway.pending(request.query_params.get("request"), browser)
@@ -747,14 +779,7 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
             gateway.sessions.set_site(session.sid, session.person_id, site)
             session.current_site = site
             params = {k: v for k, v in pending.params.items() if k not in ("prompt", "site")}
-            return continue_authorization(
-                request,
-                authorize_request(params, address),
-                session,
-                fresh=True,
-                pending=pending,
-                browser=browser,
-            )
+            return resume_authorization(request, params, session, pending, browser)
 
         return await run_in_threadpool(run)
 
@@ -882,14 +907,7 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
         request: Request, live: BrowserSession, pending: PendingAuthorization | None, browser: str
     ) -> Response:
         if pending is not None and pending.params:
-            return continue_authorization(
-                request,
-                authorize_request(pending.params, _address(request)),
-                live,
-                fresh=True,
-                pending=pending,
-                browser=browser,
-            )
+            return resume_authorization(request, pending.params, live, pending, browser)
         if pending is not None:
             gateway.drop_pending(pending.id)
         return RedirectResponse(step_up_returns.get(request.query_params.get("return", ""), "/"), 303)
