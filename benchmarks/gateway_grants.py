@@ -35,6 +35,7 @@ import base64
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -210,8 +212,12 @@ def wrk(
     seconds: float,
     threads: int,
     directory: Path,
+    parties: dict[str, list[int]] | None = None,
 ) -> dict[str, float]:
-    """Drive `url` with wrk (Lua script above) and report its figures; every answer must be a 200."""
+    """Drive `url` with wrk (Lua script above) and report its figures; every answer must be a 200.
+
+    `parties`: name -> the processes (with their descendants) whose CPU per grant is printed too (the
+    server, its database): a figure that the machine's other load changes much less than the rate."""
     basic = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     tokens_file = directory / f"{name.replace(' ', '_')}.tokens"
     tokens_file.write_text("\n".join(tokens or []) + "\n")
@@ -219,6 +225,9 @@ def wrk(
     script.write_text(
         WRK_SCRIPT % {"kind": kind, "authorization": f"Basic {basic}", "body": body, "tokens": tokens_file}
     )
+    parties = parties or {}
+    cpu_before = {party: tree_cpu(pids) for party, pids in parties.items()}
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(conc), "-d", f"{seconds:g}s", "--timeout", "30s",
          "-s", str(script), url, "--", str(threads)],
@@ -234,12 +243,40 @@ def wrk(
             f"{done.stderr[:500]}"
         )
     figures["per_second"] = figures["requests"] / figures["seconds"]
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = {party: tree_cpu(pids) - cpu_before[party] for party, pids in parties.items()}
+    used["wrk"] = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
+    requests = max(figures["requests"], 1)
+    figures["cpu_ms_per_grant"] = {party: round(1000 * cpu / requests, 3) for party, cpu in used.items()}
     print(
         f"{name:<34}{figures['per_second']:>8.0f}/s   p50 {figures['p50_ms']:7.1f} ms   "
         f"p95 {figures['p95_ms']:7.1f} ms   ({figures['requests']} in {figures['seconds']:.1f} s, wrk; "
         f"load {os.getloadavg()[0]:.1f})"
     )
+    print(
+        "    CPU per grant: "
+        + ", ".join(f"{party} {ms:.2f} ms" for party, ms in figures["cpu_ms_per_grant"].items())
+    )
     return dict(figures)
+
+
+def tree_cpu(roots: list[int]) -> float:
+    """CPU seconds used so far by these processes and their live descendants (from /proc)."""
+    from benchmarks.signin_load import _processes
+
+    children: dict[int, list[int]] = defaultdict(list)
+    cpu: dict[int, float] = {}
+    for pid, ppid, _, _, used in _processes():
+        children[ppid].append(pid)
+        cpu[pid] = used
+    total, stack, seen = 0.0, list(roots), set()
+    while stack:
+        pid = stack.pop()
+        if pid not in seen:
+            seen.add(pid)
+            total += cpu.get(pid, 0.0)
+            stack.extend(children[pid])
+    return total
 
 
 def report(name: str, latencies: list[float], seconds: float) -> dict[str, float]:
@@ -346,13 +383,25 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
 
     def grants(
-        name: str, url: str, auth: tuple[str, str], *, form: str = "", chains: list[str] | None = None
+        name: str,
+        url: str,
+        auth: tuple[str, str],
+        *,
+        form: str = "",
+        chains: list[str] | None = None,
+        server: subprocess.Popen[Any] | None = None,
+        database: bool = False,
     ) -> None:
+        """`server`: its process, whose CPU per grant is printed (and the database server's, if it
+        uses one: PostgreSQL, shared by the gateway and the second oidc-provider)."""
         if args.load == "wrk":
             kind = "refresh" if chains is not None else "client_credentials"
+            parties = {"server": [server.pid]} if server is not None else {}
+            if database and postgres is not None:
+                parties["PostgreSQL"] = [postgres.postmaster_pid()]
             results[name] = wrk(
                 name, url, auth, kind, body=f"grant_type=client_credentials{form}", tokens=chains, conc=conc,
-                seconds=seconds, threads=args.wrk_threads, directory=directory,
+                seconds=seconds, threads=args.wrk_threads, directory=directory, parties=parties,
             )  # fmt: skip
             return
         extra = dict(parse_qs(form.lstrip("&")).items())
@@ -427,11 +476,12 @@ def main() -> None:
             # same load of the machine.
             cc_auth = (service["client_id"], service["client_secret"])
             token = f"{gateway.url}/token"
-            grants("gateway client_credentials", token, cc_auth)
+            grants("gateway client_credentials", token, cc_auth, server=gateway.process, database=True)
             for name, server in peers:
                 grants(
-                    f"{name} client_credentials", f"{server.url}/token", ("bench", secret), form="&scope=api"
-                )
+                    f"{name} client_credentials", f"{server.url}/token", ("bench", secret), form="&scope=api",
+                    server=server.process, database=server.adapter == "postgres",
+                )  # fmt: skip
             issued: list[str] = []
             signins = sign_in(gateway.url, app["client_id"], app["client_secret"], issued, login)
             results["gateway sign-in"] = report(
@@ -442,9 +492,12 @@ def main() -> None:
             chains = issued[: 2 * conc]
             app_auth = (app["client_id"], app["client_secret"])
             peer_chains = [server.refresh_tokens(2 * conc) for _, server in peers]
-            grants("gateway refresh", token, app_auth, chains=chains)
+            grants("gateway refresh", token, app_auth, chains=chains, server=gateway.process, database=True)
             for (name, server), minted in zip(peers, peer_chains, strict=True):
-                grants(f"{name} refresh", f"{server.url}/token", ("bench", secret), chains=minted)
+                grants(
+                    f"{name} refresh", f"{server.url}/token", ("bench", secret), chains=minted,
+                    server=server.process, database=server.adapter == "postgres",
+                )  # fmt: skip
             for name, _ in peers:  # both ratios: the in-memory one is never left out
                 for grant in ("client_credentials", "refresh"):
                     ours, theirs = results[f"gateway {grant}"], results[f"{name} {grant}"]

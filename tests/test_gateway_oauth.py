@@ -416,6 +416,20 @@ def test_refresh_token_reuse_revokes_the_whole_grant(env: Env, monkeypatch: pyte
     assert first.headers["pragma"] == "no-cache" and first.headers["content-type"] == "application/json"
     rotated = refresh(first.json()["refresh_token"]).json()  # rotated twice
     assert answered == [True, True]
+    # The fast path writes through the DB-API: its rows read back as the ORM's do, in the same format.
+    with env.gateway.store.session() as db:
+        by_orm = db.get(IssuedToken, digest(tokens["refresh_token"]))  # written by the code's redemption
+        by_fast_path = db.get(IssuedToken, digest(first.json()["refresh_token"]))
+        assert by_orm is not None and by_fast_path is not None
+        assert by_orm.rotated_at is not None and by_fast_path.rotated_at is not None
+        assert by_fast_path.expires_at - by_fast_path.issued_at == by_orm.expires_at - by_orm.issued_at
+        assert (by_fast_path.grant_id, by_fast_path.person_id) == (by_orm.grant_id, by_orm.person_id)
+        texts = db.connection().exec_driver_sql(
+            "SELECT issued_at, expires_at, rotated_at FROM gateway_token WHERE token_hash IN (?, ?)",
+            (by_orm.token_hash, by_fast_path.token_hash),
+        )
+        assert len({tuple(len(value) for value in row) for row in texts}) == 1
+    assert answered == [True, True]
     assert introspect(env, client_id, secret, rotated["access_token"])["active"] is True
     stolen = refresh(tokens["refresh_token"])  # the first one, presented again
     assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"

@@ -39,13 +39,12 @@ import hmac
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import bindparam, exists, select, update
 
 from directory_sync.store import Person, PersonStatus, sa_table, utcnow
 
@@ -53,7 +52,7 @@ from ..clients import Client, hash_secret
 from ..models import Grant, IssuedToken
 from ..sessions import aware, digest
 from .requests import OAuthResponse
-from .tokens import _INSERT_TOKENS, ACCESS, REFRESH, AuthenticatedUser, epoch
+from .tokens import ACCESS, REFRESH, AuthenticatedUser, epoch
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -91,47 +90,45 @@ _CLAIM_AND_INSERT = (
 )
 
 
-_t, _g, _p = sa_table(IssuedToken), sa_table(Grant), sa_table(Person)
-#: The same two steps for SQLite, as Core statements (its type processing: datetimes, JSON).
-_READ_COLUMNS = [
-    _t.c[name] for name in ("kind", "client_id", "scope", "expires_at", "revoked_at", "rotated_at")
-]
-_READ_COLUMNS += [
-    _g.c[name] for name in ("id", "person_id", "revoked_at", "sid", "current_site", "auth_time")
-]
-_READ_COLUMNS += [_g.c.amr, _g.c.acr, _p.c.status]
-_CORE_READ = (
-    select(*_READ_COLUMNS)
-    .select_from(_t.outerjoin(_g, _g.c.id == _t.c.grant_id).outerjoin(_p, _p.c.id == _g.c.person_id))
-    .where(_t.c.token_hash == bindparam("digest"))
+_t = sa_table(IssuedToken)
+#: The same two steps for SQLite, as DB-API statements: SQLAlchemy's execution machinery (contexts,
+#: parameter and result processing) cost more than SQLite's own work for these one-row statements. The
+#: columns' own processors convert the values that need it (`_SQLiteValues`), so what is stored is what
+#: SQLAlchemy would store.
+_SQLITE_READ = _READ.replace("%s", "?")
+_SQLITE_CLAIM = (
+    f"UPDATE {_T} SET rotated_at = ? "
+    f"WHERE token_hash = ? AND rotated_at IS NULL AND revoked_at IS NULL AND EXISTS ("
+    f"SELECT 1 FROM {_G} g JOIN {_P} p ON p.id = g.person_id "
+    f"WHERE g.id = ? AND g.revoked_at IS NULL AND p.status IN {ACTIVE_STATUSES!r})"
 )
-_CORE_CLAIM = (
-    update(_t)
-    .where(
-        _t.c.token_hash == bindparam("digest"),
-        _t.c.rotated_at.is_(None),
-        _t.c.revoked_at.is_(None),
-        exists(
-            select(_g.c.id)
-            .select_from(_g.join(_p, _p.c.id == _g.c.person_id))
-            .where(
-                _g.c.id == bindparam("of_grant"), _g.c.revoked_at.is_(None), _p.c.status.in_(ACTIVE_STATUSES)
-            )
-        ),
-    )
-    .values(rotated_at=bindparam("now"))
-)
-_ROW_KEYS = (
-    "token_hash",
-    "kind",
-    "grant_id",
-    "client_id",
-    "person_id",
-    "scope",
-    "jti",
-    "issued_at",
-    "expires_at",
-)
+_SQLITE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)"
+_SQLITE_INSERT = f"INSERT INTO {_T} ({_COLUMNS}, revoked_at, rotated_at) VALUES {_SQLITE_ROW}, {_SQLITE_ROW}"
+
+
+class _SQLiteValues:
+    """The processors SQLAlchemy applies to the fast path's SQLite values (datetimes as text, JSON)."""
+
+    def __init__(self, dialect: Any) -> None:
+        def processors(column: Any) -> tuple[Any, Any]:
+            impl = column.type.dialect_impl(dialect)
+            return impl.bind_processor(dialect) or _same, impl.result_processor(dialect, None) or _same
+
+        self.datetime_in, self.datetime_out = processors(_t.c.expires_at)
+        self.json_out = processors(sa_table(Grant).c.amr)[1]
+
+    def row(self, raw: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A row of `_SQLITE_READ` as the Core statement would give it."""
+        row = list(raw)
+        for i in (3, 4, 5, 8, 11):  # expires_at, revoked_at, rotated_at, the grant's revoked_at, auth_time
+            if row[i] is not None:
+                row[i] = self.datetime_out(row[i])
+        row[12] = self.json_out(row[12]) if row[12] is not None else None  # amr
+        return tuple(row)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 class _Pool:
@@ -175,6 +172,7 @@ class RefreshFastPath:
         self.conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._pools: dict[int, _Pool] = {}
         self._limiters: dict[int, anyio.CapacityLimiter] = {}
+        self._sqlite_values: _SQLiteValues | None = None
 
     def _sqlite_limiter(self) -> anyio.CapacityLimiter:
         """One SQLite grant at a time per process and event loop: threads of one process writing at
@@ -269,27 +267,31 @@ class RefreshFastPath:
         return OAuthResponse(200, token, list(TOKEN_HEADERS))
 
     def _sqlite_grant(self, client: Client, old_hash: str) -> dict[str, Any] | None:
-        """The SQLite variant of `refresh`'s two steps, in a worker thread."""
-        with self.server.store.engine.connect() as conn:
-            row = conn.execute(_CORE_READ, {"digest": old_hash}).first()
-            conn.rollback()  # the read's transaction, if the driver opened one
-            token = self._issue(client, row) if row is not None else None
+        """The SQLite variant of `refresh`'s two steps, in a worker thread, on a pooled DB-API connection
+        (the read needs no transaction in WAL mode; the claim begins one, the insert ends it)."""
+        values = self._sqlite_values
+        if values is None:
+            values = self._sqlite_values = _SQLiteValues(self.server.store.engine.dialect)
+        raw = self.server.store.engine.raw_connection()
+        try:
+            found = raw.execute(_SQLITE_READ, (old_hash,)).fetchone()
+            token = self._issue(client, values.row(found)) if found is not None else None
             if token is None:
                 return None
-            params = self._claim(old_hash, token, row, client.client_id)
-            now, grant_id = params[0], params[2]
-            claimed = conn.execute(_CORE_CLAIM, {"digest": old_hash, "now": now, "of_grant": grant_id})
+            params = self._claim(old_hash, token, found, client.client_id)
+            when = values.datetime_in
+            params = tuple(when(v) if isinstance(v, datetime) else v for v in params)
+            claimed = raw.execute(_SQLITE_CLAIM, params[:3])
             if claimed.rowcount != 1:
-                conn.rollback()
+                raw.rollback()
                 return None  # used, revoked or suspended meanwhile: Authlib's path finds out which
-            rows = [
-                dict(zip(_ROW_KEYS, params[3:12], strict=True)),
-                dict(zip(_ROW_KEYS, params[12:], strict=True)),
-            ]
-            for new in rows:
-                new.update(revoked_at=None, rotated_at=None)
-            conn.execute(_INSERT_TOKENS, rows)
-            conn.commit()
+            raw.execute(_SQLITE_INSERT, params[3:])
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()  # back to the pool
         return token
 
     def _issue(self, client: Client, row: Any) -> dict[str, Any] | None:

@@ -87,6 +87,10 @@ class PostgresServer:
         """SQLAlchemy URL (psycopg 3 driver) of ``database`` on this cluster."""
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
 
+    def postmaster_pid(self) -> int:
+        """The server's main process (its backends are its children), from ``postmaster.pid``."""
+        return int((self.datadir / "postmaster.pid").read_text().split()[0])
+
     @property
     def conninfo(self) -> str:
         """libpq connection string of the maintenance database, for psycopg."""
