@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
-from sqlmodel import col
 
 from .config import SiteMapping
 from .errors import SyncError
-from .store import SiteWatermark
+from .store import SiteWatermark, sa_table
 
 
 class SyncMode(enum.StrEnum):
@@ -90,13 +89,44 @@ def mapping_scope(site: SiteMapping) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def load_watermark(session: Session, site: str) -> SiteWatermark | None:
+@dataclass(frozen=True, slots=True)
+class StoredWatermark:
+    """A site's watermark as stored (`sync_watermark`), with the scope and time it was taken at."""
+
+    kind: str
+    source: str
+    value: str
+    state: Mapping[str, Any]
+    scope: str
+    stored_at: datetime
+
+
+# The watermark's statements, built once (a statement built per call costs SQLAlchemy more than
+# SQLite's work: each site's run reads and writes its watermark once).
+_WATERMARK = sa_table(SiteWatermark)
+_LOAD = select(
+    _WATERMARK.c.kind,
+    _WATERMARK.c.source,
+    _WATERMARK.c.value,
+    _WATERMARK.c.state,
+    _WATERMARK.c.scope,
+    _WATERMARK.c.stored_at,
+).where(_WATERMARK.c.site == bindparam("site"))
+_FORGET = delete(_WATERMARK).where(_WATERMARK.c.site == bindparam("site"))
+_REPLACE = update(_WATERMARK).where(_WATERMARK.c.site == bindparam("watermark_site"))
+_ADD = insert(_WATERMARK)
+
+
+def load_watermark(session: Session, site: str) -> StoredWatermark | None:
     """The stored watermark of `site`, or None."""
-    return session.get(SiteWatermark, site)
+    row = session.execute(_LOAD, {"site": site}).first()
+    if row is None:
+        return None
+    return StoredWatermark(row.kind, row.source, row.value, row.state or {}, row.scope, row.stored_at)
 
 
 def choose_mode(
-    stored: SiteWatermark | None, scope: str, *, supports_delta: bool, full: bool, kind: str
+    stored: StoredWatermark | None, scope: str, *, supports_delta: bool, full: bool, kind: str
 ) -> ModeChoice:
     """Delta when a valid watermark exists and a full read was not asked for; full otherwise, with why."""
     if full:
@@ -129,16 +159,16 @@ def save_watermark(
     The caller commits it together with the changes the read brought, never before.
     """
     if watermark is None:
-        session.execute(delete(SiteWatermark).where(col(SiteWatermark.site) == site))
+        session.execute(_FORGET, {"site": site})
         return
-    row = session.get(SiteWatermark, site)
-    if row is None:
-        row = SiteWatermark(site=site, kind=watermark.kind, source="", value="", scope=scope)
-        session.add(row)
-    row.kind = watermark.kind
-    row.source = watermark.source
-    row.value = watermark.value
-    row.state = dict(watermark.state)
-    row.scope = scope
-    row.run_id = run_id
-    row.stored_at = now
+    values = {
+        "kind": watermark.kind,
+        "source": watermark.source,
+        "value": watermark.value,
+        "state": dict(watermark.state),
+        "scope": scope,
+        "run_id": run_id,
+        "stored_at": now,
+    }
+    if session.execute(_REPLACE, {"watermark_site": site, **values}).rowcount == 0:  # type: ignore[attr-defined]
+        session.execute(_ADD, {"site": site, **values})

@@ -745,8 +745,7 @@ def apply_plan(
     session: Session, plan: SitePlan, site: Site, now: datetime, context: RunContext, actor: Actor
 ) -> ApplyResult:
     """Write `plan` into the directory, inside the caller's transaction."""
-    session.merge(site)
-    session.flush()
+    _ensure_site(session, site)
     result = ApplyResult()
     audit = result.audit
 
@@ -903,6 +902,20 @@ def apply_plan(
     write_audit(session, audit)
     context.closures += len(closes)
     return result
+
+
+_SITE = sa_table(Site)
+_SITE_ROW = select(_SITE.c.name, _SITE.c.finess).where(_SITE.c.code == bindparam("code"))
+_SITE_RENAME = update(_SITE).where(_SITE.c.code == bindparam("site_code"))
+
+
+def _ensure_site(session: Session, site: Site) -> None:
+    """The site's row as configured (added, or its name and FINESS brought up to date)."""
+    row = session.execute(_SITE_ROW, {"code": site.code}).first()
+    if row is None:
+        session.execute(insert(_SITE), {"code": site.code, "name": site.name, "finess": site.finess})
+    elif (row.name, row.finess) != (site.name, site.finess):
+        session.execute(_SITE_RENAME, {"site_code": site.code, "name": site.name, "finess": site.finess})
 
 
 def _file_action_keys(session: Session, actions: list[AccountAction]) -> None:

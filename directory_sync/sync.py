@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -42,7 +42,7 @@ from .reconcile import (
     closure_threshold_problem,
     deprovision_expired,
 )
-from .store import RunStatus, Site, Store, SyncRun, utcnow
+from .store import RunStatus, Site, Store, SyncRun, sa_table, utcnow
 
 #: Called as progress(site, entries_read_so_far) while a site is being read.
 Progress = Callable[[str, int], None]
@@ -441,19 +441,28 @@ def _count(result: SiteResult, plan: SitePlan) -> None:
     result.warnings = len(plan.warnings)
 
 
+# A run's record, written with statements built once: every site's run starts and finishes one.
+_RUN = sa_table(SyncRun)
+_INTERRUPTED = (
+    update(_RUN)
+    .where(_RUN.c.site == bindparam("run_site"), _RUN.c.status == RunStatus.RUNNING)
+    .values(status=RunStatus.FAILED, error="interrupted before it finished", finished_at=bindparam("now"))
+)
+_NEW_RUN = insert(_RUN)
+_FINISH_RUN = update(_RUN).where(_RUN.c.id == bindparam("finished_run"))
+
+
 def _start_run(store: Store, site: str) -> int:
-    with store.session() as session:
+    with store.engine.begin() as connection:
+        now = utcnow()
         # A run still marked running was interrupted (killed, or the host went down): say so.
-        session.execute(
-            update(SyncRun)
-            .where(col(SyncRun.site) == site, col(SyncRun.status) == RunStatus.RUNNING)
-            .values(status=RunStatus.FAILED, error="interrupted before it finished", finished_at=utcnow())
+        connection.execute(_INTERRUPTED, {"run_site": site, "now": now})
+        new = connection.execute(
+            _NEW_RUN, {"site": site, "mode": "full", "status": RunStatus.RUNNING, "started_at": now}
         )
-        run = SyncRun(site=site, mode="full")
-        session.add(run)
-        session.commit()
-        assert run.id is not None
-        return run.id
+        key = new.inserted_primary_key
+        assert key is not None and key[0] is not None
+        return int(key[0])
 
 
 def _finish_run(store: Store, run_id: int, result: SiteResult) -> None:
@@ -463,13 +472,9 @@ def _finish_run(store: Store, run_id: int, result: SiteResult) -> None:
 
 
 def _record_finish(session: Session, run_id: int, result: SiteResult) -> None:
+    values = {name: getattr(result, name) for name in (*COUNTS, "error", "mode", "mode_reason")}
     session.execute(
-        update(SyncRun)
-        .where(col(SyncRun.id) == run_id)
-        .values(
-            {name: getattr(result, name) for name in (*COUNTS, "error", "mode", "mode_reason")}
-            | {"status": result.status, "finished_at": utcnow()}
-        )
+        _FINISH_RUN, {"finished_run": run_id, **values, "status": result.status, "finished_at": utcnow()}
     )
 
 

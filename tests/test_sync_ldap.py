@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from directory_sync.config import load_settings
-from directory_sync.store import Account, Affiliation, Person, Store, open_store
+from directory_sync.store import Account, Affiliation, Person, Site, Store, open_store
 from directory_sync.sync import run_sync
 from tests.hospitals import ldap_connection, person, rpps, suffix_ldif, write_config, write_site
 from tests.servers.slapd import SlapdServer, Suffix
@@ -137,6 +137,30 @@ def test_a_second_run_with_no_source_change_changes_nothing(ght: dict[str, Any])
             for p in session.execute(select(Person).order_by(Person.id)).scalars()
         ]
     assert after == before
+
+
+def test_a_site_renamed_in_its_mapping_is_renamed_in_the_directory_at_its_next_run(
+    ght: dict[str, Any], tmp_path: Path
+) -> None:
+    run_sync(ght["settings"], ght["store"])
+    server: SlapdServer = ght["server"]
+    write_site(
+        tmp_path,
+        "ch-apt",
+        ldap_connection(server, SITES["ch-apt"], "GHT_TEST_BIND_PASSWORD"),
+        name="Centre hospitalier du pays d'Apt",
+        finess="840000111",
+    )
+    settings = load_settings(tmp_path / "ght.toml")
+    results = run_sync(settings, ght["store"])  # a full read: the mapping changed
+    assert [r.status for r in results] == ["succeeded"] * 3
+    with ght["store"].session() as session:
+        sites = {s.code: (s.name, s.finess) for s in session.execute(select(Site)).scalars()}
+    assert sites == {
+        "ch-apt": ("Centre hospitalier du pays d'Apt", "840000111"),
+        "ch-avignon": ("Centre hospitalier ch-avignon", "840000087"),
+        "ch-cavaillon": ("Centre hospitalier ch-cavaillon", "840000087"),
+    }
 
 
 def _modify(
