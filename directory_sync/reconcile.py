@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from .config import CorrelationConfig, Safety, Survivorship
+from .config import CorrelationConfig, Safety, SiteInfo, Survivorship
 from .correlate import Candidate, Correlator, PersonIndex, Probe, Verdict, key_hash
 from .mapping import MappedAccount, to_ascii
 from .store import (
@@ -270,6 +270,17 @@ def _file_keys(connection: Any, rows: list[tuple[int, int]]) -> None:
         connection.exec_driver_sql(statement, list(chunk))
 
 
+_DECISION = sa_table(LinkDecision)
+_DECISIONS = select(
+    _DECISION.c.site,
+    _DECISION.c.anchor,
+    _DECISION.c.kind,
+    _DECISION.c.person_id,
+    _DECISION.c.decided_by,
+    _DECISION.c.decided_at,
+).order_by(_DECISION.c.id)
+
+
 class RunContext:
     """Loaded once per run and kept in step as sites are planned and applied.
 
@@ -277,9 +288,9 @@ class RunContext:
     `LoginAllocator`): a delta that brings a few new accounts reads their candidates, not everyone.
     """
 
-    def __init__(
-        self, config: CorrelationConfig, engine: Any, decisions: dict[tuple[str, str], list[LinkDecision]]
-    ):
+    def __init__(self, config: CorrelationConfig, engine: Any, decisions: dict[tuple[str, str], list[Any]]):
+        """`decisions`: the `link_decision` rows (site, anchor, kind, person_id, decided_by, decided_at)
+        by site and anchor."""
         self.config = config
         self.decisions = decisions
         self.closures = 0  # accounts closed so far in this run (for the run-wide threshold)
@@ -289,8 +300,9 @@ class RunContext:
 
     @classmethod
     def load(cls, session: Session, config: CorrelationConfig) -> RunContext:
-        decisions: dict[tuple[str, str], list[LinkDecision]] = defaultdict(list)
-        for decision in session.execute(select(LinkDecision)).scalars():
+        # Rows, not ORM objects: a run that loads no ORM entity never pays for configuring the mappers.
+        decisions: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        for decision in session.execute(_DECISIONS):
             decisions[(decision.site, decision.anchor)].append(decision)
         return cls(config, session.get_bind(), decisions)
 
@@ -742,7 +754,7 @@ class Actor:
 
 
 def apply_plan(
-    session: Session, plan: SitePlan, site: Site, now: datetime, context: RunContext, actor: Actor
+    session: Session, plan: SitePlan, site: SiteInfo, now: datetime, context: RunContext, actor: Actor
 ) -> ApplyResult:
     """Write `plan` into the directory, inside the caller's transaction."""
     _ensure_site(session, site)
@@ -909,7 +921,7 @@ _SITE_ROW = select(_SITE.c.name, _SITE.c.finess).where(_SITE.c.code == bindparam
 _SITE_RENAME = update(_SITE).where(_SITE.c.code == bindparam("site_code"))
 
 
-def _ensure_site(session: Session, site: Site) -> None:
+def _ensure_site(session: Session, site: SiteInfo) -> None:
     """The site's row as configured (added, or its name and FINESS brought up to date)."""
     row = session.execute(_SITE_ROW, {"code": site.code}).first()
     if row is None:

@@ -42,7 +42,7 @@ from .reconcile import (
     closure_threshold_problem,
     deprovision_expired,
 )
-from .store import RunStatus, Site, Store, SyncRun, sa_table, utcnow
+from .store import RunStatus, Store, SyncRun, sa_table, utcnow
 
 #: Called as progress(site, entries_read_so_far) while a site is being read.
 Progress = Callable[[str, int], None]
@@ -406,7 +406,7 @@ def _sync_site(
             applied = apply_plan(
                 session,
                 plan,
-                Site(code=site.code, name=site.site.name, finess=site.site.finess),
+                site.site,
                 now,
                 context,
                 Actor(f"sync run {run_id}", run_id),
