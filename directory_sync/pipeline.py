@@ -157,9 +157,18 @@ class MappedReader:
         if self._reading is not None and self._requested is None and can_fork():
             self._requested = self._reading.request(self.site)
 
+    def start_changes(self, since: Watermark) -> bool:
+        """Have the connector send its delta's request from `since` now, for a later
+        `read_changes(since)` (a syncrepl refresh, answered meanwhile). False if it cannot."""
+        start = getattr(self.connector, "start_changes", None)
+        return bool(start is not None and start(since))
+
     def close(self) -> None:
         """Forget a read asked for in advance and no longer wanted (what it sends is dropped)."""
         self._requested = None
+        drop = getattr(self.connector, "drop_started", None)
+        if drop is not None:
+            drop()
 
     def _read(self, since: Watermark | None) -> Iterator[MappedAccount]:
         if since is not None or self._reading is None or not can_fork():

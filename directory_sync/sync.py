@@ -27,7 +27,15 @@ from sqlmodel import col
 
 from .config import Settings, SiteMapping
 from .connectors import open_connector
-from .delta import SyncMode, WatermarkRejected, choose_mode, load_watermark, mapping_scope, save_watermark
+from .delta import (
+    SyncMode,
+    Watermark,
+    WatermarkRejected,
+    choose_mode,
+    load_watermark,
+    mapping_scope,
+    save_watermark,
+)
 from .errors import ConfigError, SyncError
 from .locking import SiteBusy, site_lock
 from .mapping import MappedAccount
@@ -43,6 +51,8 @@ from .reconcile import (
     deprovision_expired,
 )
 from .store import RunStatus, Store, SyncRun, sa_table, utcnow
+
+_RUN = sa_table(SyncRun)
 
 #: Called as progress(site, entries_read_so_far) while a site is being read.
 Progress = Callable[[str, int], None]
@@ -198,15 +208,16 @@ LARGE_PLAN = 5_000
 
 
 class ReadAhead:
-    """The next site's full read, started in the run's reading process while this one applies the
-    current site.
+    """The next site's read, started while this one applies the current site.
 
-    Applying a site's plan (SQL, then the commit) left the other core idle: the reading process now
-    reads and maps the next site in the meantime, and keeps what it read until asked. A read started
-    ahead is used only if it is still the read the site's run would start: a full read (no watermark
-    to start a delta from), and no other run of the site started in between (that run may have read a
-    newer state of the source than ours: the read is then done again, under the lock). When a run of
-    the site is under way elsewhere, nothing is read ahead.
+    Applying a site's plan (SQL, then the commit) left the other core idle. For a full read, the run's
+    reading process now reads and maps the next site in the meantime, and keeps what it read until
+    asked. For a delta read from a syncrepl cookie, the refresh is sent to the server, which prepares
+    its answer meanwhile (the answer is read and decoded here, when the site's turn comes). A read
+    started ahead is used only if it is still the read the site's run would start: the same kind of
+    read (full, or a delta from the same watermark), and no other run of the site started in between
+    (that run may have read a newer state of the source than ours: the read is then done again, under
+    the lock). When a run of the site is under way elsewhere, nothing is read ahead.
     """
 
     def __init__(self, settings: Settings, store: Store, reading: ReadingProcess, *, full: bool) -> None:
@@ -214,6 +225,7 @@ class ReadAhead:
         self._reader: MappedReader | None = None
         self._site: str | None = None
         self._last_run: int | None = None
+        self._since: Watermark | None = None  # the watermark a delta started ahead reads from
 
     def start(self, site: SiteMapping) -> None:
         self.close()
@@ -230,19 +242,30 @@ class ReadAhead:
                 kind=site.connection.kind,
             )
         if choice.since is not None and reader.supports_delta:
-            return  # a delta: little to read, read inline when its turn comes
-        reader.start()
-        self._reader, self._site, self._last_run = reader, site.code, latest.id if latest else None
+            if not reader.start_changes(choice.since):
+                return  # a delta that cannot be sent ahead: read inline when its turn comes
+        else:
+            reader.start()
+        self._reader, self._site, self._since = reader, site.code, choice.since
+        self._last_run = latest.id if latest else None
 
     def take(
-        self, session: Session, site: SiteMapping, run_id: int | None, *, full_read: bool
+        self,
+        session: Session,
+        site: SiteMapping,
+        run_id: int | None,
+        *,
+        full_read: bool,
+        since: Watermark | None = None,
     ) -> MappedReader | None:
-        """The read started for `site`, if it is still the one to use (else it is stopped)."""
+        """The read started for `site`, if it is still the one to use (else it is stopped): a full
+        read, or (`full_read` False) a delta from `since`."""
         reader, self._reader = self._reader, None
         if reader is None:
             return None
         latest = session.execute(_LATEST_RUN, {"site": site.code, "ours": run_id or -1}).first()
-        if self._site == site.code and full_read and (latest.id if latest else None) == self._last_run:
+        same_read = (self._since is None) if full_read else (self._since is not None and self._since == since)
+        if self._site == site.code and same_read and (latest.id if latest else None) == self._last_run:
             return reader
         reader.close()
         return None
@@ -255,9 +278,9 @@ class ReadAhead:
 
 #: The most recent run of a site other than run `ours`.
 _LATEST_RUN = (
-    select(col(SyncRun.id), col(SyncRun.status))
-    .where(col(SyncRun.site) == bindparam("site"), col(SyncRun.id) != bindparam("ours"))
-    .order_by(col(SyncRun.id).desc())
+    select(_RUN.c.id, _RUN.c.status)
+    .where(_RUN.c.site == bindparam("site"), _RUN.c.id != bindparam("ours"))
+    .order_by(_RUN.c.id.desc())
     .limit(1)
 )
 
@@ -345,7 +368,7 @@ def _sync_site(
         result.mode, result.mode_reason = choice.mode, choice.reason
         delta = choice.since is not None and reader.supports_delta
         if ahead is not None and not dry_run:
-            reader = ahead.take(session, site, run_id, full_read=not delta) or reader
+            reader = ahead.take(session, site, run_id, full_read=not delta, since=choice.since) or reader
         planner = SitePlanner(session, site.code, context, delta=delta)
 
         def feed(accounts: Iterable[MappedAccount]) -> None:
@@ -397,8 +420,8 @@ def _sync_site(
                 _finish_run(store, run_id, result)
             return result
         if not dry_run:
-            if ahead is not None and following is not None and result.mode == SyncMode.FULL:
-                ahead.start(following)  # read by its worker while this site is applied (see ReadAhead)
+            if ahead is not None and following is not None:
+                ahead.start(following)  # read (or asked for) while this site is applied (see ReadAhead)
             if large_plan is not None and len(plan.actions) >= LARGE_PLAN:
                 large_plan()
             session.commit()  # planning only read: the changes start from what is committed now
@@ -442,7 +465,6 @@ def _count(result: SiteResult, plan: SitePlan) -> None:
 
 
 # A run's record, written with statements built once: every site's run starts and finishes one.
-_RUN = sa_table(SyncRun)
 _INTERRUPTED = (
     update(_RUN)
     .where(_RUN.c.site == bindparam("run_site"), _RUN.c.status == RunStatus.RUNNING)

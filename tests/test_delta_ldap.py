@@ -9,6 +9,7 @@ and the run says so.
 from __future__ import annotations
 
 import base64
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,10 @@ from directory_sync.connectors.syncrepl import (
     decode_sync_info,
     decode_sync_state,
 )
+from directory_sync.pipeline import ReadingProcess
+from directory_sync.reconcile import RunContext
 from directory_sync.store import SiteWatermark, Store, open_store
-from directory_sync.sync import SiteResult, run_sync
+from directory_sync.sync import ReadAhead, SiteResult, run_sync, sync_site
 from tests.ad_sites import active_logins, assert_same_directory, password_file
 from tests.hospitals import ldap_connection, person, rpps, suffix_ldif, write_config, write_site
 from tests.servers.slapd import SlapdServer, Suffix
@@ -298,3 +301,153 @@ def test_a_delta_closing_too_many_accounts_trips_the_threshold(avignon: SlapdSer
     (applied,) = run_sync(settings, store, allow_closures=2)
     assert (applied.mode, applied.status, applied.closed) == ("delta", "succeeded", 2)
     assert "hblanc" not in active_logins(store, SITE)
+
+
+# -- a delta's refresh sent ahead (while the site before is applied) ---------------------------------
+
+ORANGE = "dc=ch-orange,dc=fr"
+
+
+@pytest.fixture
+def two_sites(tmp_path: Path, slapd_factory: Any) -> SlapdServer:
+    """Avignon and Orange in one slapd (a database and a syncprov each)."""
+    return slapd_factory(
+        [
+            Suffix(
+                suffix,
+                suffix_ldif(
+                    tmp_path / f"{suffix[3:12]}.ldif",
+                    suffix,
+                    [person(suffix, uid, sn, given) for uid, sn, given in staff],
+                ),
+            )
+            for suffix, staff in (
+                (SUFFIX, [("mhdupont", "Dupont", "Marie-Hélène"), ("cpetit", "Petit", "Claire")]),
+                (
+                    ORANGE,
+                    [("pgarcia", "Garcia", "Paul"), ("lfabre", "Fabre", "Léa"), ("tsimon", "Simon", "Tom")],
+                ),
+            )
+        ]
+    )
+
+
+def configure_two(server: SlapdServer, directory: Path, database_url: str) -> tuple[Settings, Store]:
+    directory.mkdir(parents=True, exist_ok=True)
+    secret = password_file(directory, server.reader_password)
+    for code, suffix in ((SITE, SUFFIX), ("ch-orange", ORANGE)):
+        write_site(directory, code, ldap_connection(server, suffix, "UNUSED", bind_password=secret))
+    return load_settings(write_config(directory, [SITE, "ch-orange"], database_url)), open_store(database_url)
+
+
+def change_both(server: SlapdServer, round_: int) -> None:
+    for suffix, uid in ((SUFFIX, "mhdupont"), (ORANGE, "pgarcia")):
+        with ldap3.Connection(
+            server.url, server.root_dn(suffix), server.root_password, auto_bind=True, raise_exceptions=True
+        ) as conn:
+            conn.modify(
+                f"uid={uid},ou=people,{suffix}", {"ou": [(ldap3.MODIFY_REPLACE, [f"Service {round_}"])]}
+            )
+            dn, attributes = person(suffix, f"nouveau{round_}", "Nouveau", "Agent", title="Infirmier")
+            conn.add(dn, attributes=attributes)
+        if suffix == ORANGE:
+            with ldap3.Connection(
+                server.url,
+                server.root_dn(suffix),
+                server.root_password,
+                auto_bind=True,
+                raise_exceptions=True,
+            ) as conn:
+                conn.delete(f"uid={'lfabre' if round_ == 1 else 'tsimon'},ou=people,{suffix}")
+
+
+def test_a_delta_sent_ahead_gives_the_same_directory_as_deltas_read_in_turn(
+    two_sites: SlapdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken: list[str] = []
+    take = ReadAhead.take
+
+    def counting_take(self: ReadAhead, session: Any, site: Any, *args: Any, **kwargs: Any) -> Any:
+        reader = take(self, session, site, *args, **kwargs)
+        if reader is not None:
+            taken.append(site.code)
+        return reader
+
+    monkeypatch.setattr(ReadAhead, "take", counting_take)
+    ahead = configure_two(two_sites, tmp_path / "ahead", f"sqlite:///{tmp_path}/ahead.db")
+    in_turn = configure_two(two_sites, tmp_path / "in-turn", f"sqlite:///{tmp_path}/in-turn.db")
+    run_sync(*ahead)
+    with monkeypatch.context() as patched:
+        patched.setattr(ReadAhead, "start", lambda self, site: None)
+        run_sync(*in_turn)
+    for round_ in (1, 2):
+        change_both(two_sites, round_)
+        taken.clear()
+        results = run_sync(*ahead)
+        assert [(r.mode, r.status) for r in results] == [("delta", "succeeded")] * 2
+        assert taken == ["ch-orange"]  # its refresh was sent while Avignon was applied
+        assert [(r.created, r.updated, r.closed) for r in results] == [(1, 1, 0), (1, 1, 1)]
+        with monkeypatch.context() as patched:
+            patched.setattr(ReadAhead, "start", lambda self, site: None)
+            assert [r.mode for r in run_sync(*in_turn)] == ["delta", "delta"]
+        assert_same_directory(ahead[1], in_turn[1])
+
+
+def _sent_ahead(settings: Settings, store: Store, code: str) -> ReadAhead:
+    ahead = ReadAhead(
+        settings, store, ReadingProcess(settings.load_sites(), settings.professions), full=False
+    )
+    ahead.start(next(s for s in settings.load_sites() if s.code == code))
+    assert ahead._reader is not None and ahead._since is not None  # the refresh was sent
+    return ahead
+
+
+def _run_site(settings: Settings, store: Store, code: str, ahead: ReadAhead) -> SiteResult:
+    with store.session() as session:
+        context = RunContext.load(session, settings.correlation)
+    site = next(s for s in settings.load_sites() if s.code == code)
+    result = sync_site(site, settings, store, context, ahead=ahead)
+    assert result.status == "succeeded", result.error
+    return result
+
+
+def test_a_delta_sent_ahead_is_dropped_when_another_run_of_the_site_came_in_between(
+    two_sites: SlapdServer, tmp_path: Path
+) -> None:
+    """That run applied the same changes and newer ones, and moved the watermark: applying the answer
+    sent ahead after it would take the directory back. The site is read again from the new watermark."""
+    settings, store = configure_two(two_sites, tmp_path, f"sqlite:///{tmp_path}/ght.db")
+    run_sync(settings, store)
+    change_both(two_sites, 1)
+    ahead = _sent_ahead(settings, store, "ch-orange")
+    change_both(two_sites, 2)
+    (other,) = run_sync(settings, store, sites=["ch-orange"])  # another host's run, say
+    assert (other.mode, other.created, other.closed) == ("delta", 2, 2)
+
+    result = _run_site(settings, store, "ch-orange", ahead)
+    assert (result.mode, result.read) == ("delta", 0)  # not the changes sent ahead again
+    assert active_logins(store, "ch-orange") == {
+        "pgarcia": "enabled",
+        "nouveau1": "enabled",
+        "nouveau2": "enabled",
+    }
+
+
+def test_a_delta_whose_answer_was_lost_while_it_waited_is_asked_again(
+    two_sites: SlapdServer, tmp_path: Path
+) -> None:
+    settings, store = configure_two(two_sites, tmp_path, f"sqlite:///{tmp_path}/ght.db")
+    run_sync(settings, store)
+    change_both(two_sites, 1)
+    ahead = _sent_ahead(settings, store, "ch-orange")
+    assert ahead._reader is not None
+    started = ahead._reader.connector._started  # type: ignore[attr-defined]
+    started.conn.socket.shutdown(socket.SHUT_RDWR)  # the connection is lost before the answer is read
+
+    result = _run_site(settings, store, "ch-orange", ahead)
+    assert (result.mode, result.created, result.updated, result.closed) == ("delta", 1, 1, 1)
+    assert active_logins(store, "ch-orange") == {
+        "pgarcia": "enabled",
+        "nouveau1": "enabled",
+        "tsimon": "enabled",
+    }

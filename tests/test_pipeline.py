@@ -46,8 +46,8 @@ def test_sites_read_ahead_give_the_same_directory_as_sites_read_in_turn(
     taken: list[str] = []
     take = sync.ReadAhead.take
 
-    def counting_take(self: sync.ReadAhead, session: Any, site: Any, run_id: Any, *, full_read: bool) -> Any:
-        reader = take(self, session, site, run_id, full_read=full_read)
+    def counting_take(self: sync.ReadAhead, session: Any, site: Any, *args: Any, **kwargs: Any) -> Any:
+        reader = take(self, session, site, *args, **kwargs)
         if reader is not None:
             taken.append(site.code)
         return reader

@@ -22,7 +22,7 @@ from ldap3.utils.asn1 import decode_message_fast
 
 from ..config import LdapConnection
 from ..delta import Watermark
-from ..errors import SourceReadIncomplete, SourceUnavailable
+from ..errors import SourceReadIncomplete, SourceUnavailable, SyncError
 from ..records import SourceRecord
 from . import ber, syncrepl
 
@@ -45,6 +45,7 @@ class LdapConnector:
         #: Where the next delta starts (see DeltaConnector), set when a read completed.
         self.watermark: Watermark | None = None
         self.no_watermark_reason: str | None = None
+        self._started: syncrepl.StartedRefresh | None = None  # see start_changes
 
     @property
     def url(self) -> str:
@@ -133,9 +134,36 @@ class LdapConnector:
     ) -> int:
         """One unpaged search: its LDAP result code (entries in `conn.response`, controls in
         `conn.result`). Raises SourceReadIncomplete when the server did not answer."""
+        message_id = self._send_search(
+            conn,
+            base,
+            search_filter,
+            attributes,
+            scope=scope,
+            controls=controls,
+            dereference_aliases=dereference_aliases,
+            size_limit=size_limit,
+        )
+        return self._search_answer(conn, message_id)
+
+    def _send_search(
+        self,
+        conn: ldap3.Connection,
+        base: str,
+        search_filter: str,
+        attributes: list[str],
+        *,
+        scope: str = ldap3.SUBTREE,
+        controls: list[tuple[str, bool, bytes | None]] | None = None,
+        dereference_aliases: str = ldap3.DEREF_ALWAYS,
+        size_limit: int = 0,
+    ) -> int:
+        """Send an unpaged search without waiting for its answer (read by `_search_answer`): its message
+        id. Raises SourceReadIncomplete when it could not be sent."""
         timeout = self.connection.timeout
+        conn.post_send_search = int  # ldap3's search() returns what this gives: the message id
         try:
-            conn.search(
+            message_id = conn.search(
                 base,
                 search_filter,
                 search_scope=scope,
@@ -145,6 +173,20 @@ class LdapConnector:
                 size_limit=size_limit,
                 time_limit=int(timeout),
             )
+        except Exception as exc:
+            raise SourceReadIncomplete(
+                self.site, self.url, f"search cut short: {_describe(exc, timeout)}"
+            ) from None
+        finally:
+            conn.post_send_search = conn.strategy.post_send_search
+        assert isinstance(message_id, int)
+        return message_id
+
+    def _search_answer(self, conn: ldap3.Connection, message_id: int) -> int:
+        """The answer to search `message_id`, as `_search_once` gives it."""
+        timeout = self.connection.timeout
+        try:
+            conn.strategy.post_send_search(message_id)
         except Exception as exc:
             raise SourceReadIncomplete(
                 self.site, self.url, f"search cut short: {_describe(exc, timeout)}"
@@ -221,13 +263,50 @@ class LdapConnector:
             _close(conn)
 
     def read_changes(self, since: Watermark) -> Iterator[SourceRecord]:
-        """What changed since `since`, by a syncrepl refresh (see `syncrepl`); deletions included."""
+        """What changed since `since`, by a syncrepl refresh (see `syncrepl`); deletions included. A
+        refresh started ahead from `since` (`start_changes`) is answered by now: its answer is used."""
         self.watermark = None
-        conn = self._open()
+        answer = None
+        started, self._started = self._started, None
+        if started is not None:
+            try:
+                if started.since == since:
+                    answer = syncrepl.refresh_answer(self, started.conn, since, started.message_id)
+            except SourceReadIncomplete:
+                answer = None  # the answer was lost while it waited (the server went away): ask again
+            finally:
+                _close(started.conn)
+        if answer is None:
+            conn = self._open()
+            try:
+                answer = syncrepl.refresh_answer(self, conn, since)
+            finally:
+                _close(conn)
+        yield from syncrepl.changed_records(self, answer, since)
+
+    def start_changes(self, since: Watermark) -> bool:
+        """Send the syncrepl refresh from `since` now, for the `read_changes(since)` to come: the server
+        prepares its answer meanwhile. False when it could not be sent (the read then starts afresh)."""
+        self.drop_started()
+        if since.kind != syncrepl.WATERMARK_KIND:
+            return False  # read_changes says why
         try:
-            yield from syncrepl.read_changes(self, conn, since)
-        finally:
+            conn = self._open()
+        except SyncError:
+            return False
+        try:
+            message_id = syncrepl.send_refresh(self, conn, since)
+        except SyncError:
             _close(conn)
+            return False
+        self._started = syncrepl.StartedRefresh(since, conn, message_id)
+        return True
+
+    def drop_started(self) -> None:
+        """Forget a refresh started ahead and no longer wanted."""
+        started, self._started = self._started, None
+        if started is not None:
+            _close(started.conn)
 
     def _record(self, entry: dict) -> SourceRecord:
         attributes: dict[str, list[str]] = entry["attributes"]

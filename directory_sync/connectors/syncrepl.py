@@ -286,18 +286,17 @@ def _parse(response: list[dict[str, Any]], controls: dict[str, Any]) -> Refresh:
 
 
 def _refresh(
-    connector: LdapConnector, conn: ldap3.Connection, search_filter: str, cookie: bytes | None
+    connector: LdapConnector,
+    conn: ldap3.Connection,
+    search_filter: str,
+    cookie: bytes | None,
+    message_id: int | None = None,
 ) -> Refresh | int:
-    """One refreshOnly search; the parsed answer, or the LDAP result code when it failed."""
-    code = connector._search_once(
-        conn,
-        connector.connection.base_dn,
-        search_filter,
-        connector.attributes,
-        controls=[request_control(cookie)],
-        # slapd refuses syncrepl with ldap3's default derefAliases ("illegal value for derefAliases").
-        dereference_aliases=ldap3.DEREF_NEVER,
-    )
+    """One refreshOnly search (or the answer to the one sent as `message_id`); the parsed answer, or
+    the LDAP result code when it failed."""
+    if message_id is None:
+        message_id = _send_refresh(connector, conn, search_filter, cookie)
+    code = connector._search_answer(conn, message_id)
     if code != RESULT_SUCCESS:
         return code
     try:
@@ -306,6 +305,35 @@ def _refresh(
         raise SourceReadIncomplete(
             connector.site, connector.url, f"malformed syncrepl answer from the server: {exc}"
         ) from None
+
+
+def _send_refresh(
+    connector: LdapConnector, conn: ldap3.Connection, search_filter: str, cookie: bytes | None
+) -> int:
+    return connector._send_search(
+        conn,
+        connector.connection.base_dn,
+        search_filter,
+        connector.attributes,
+        controls=[request_control(cookie)],
+        # slapd refuses syncrepl with ldap3's default derefAliases ("illegal value for derefAliases").
+        dereference_aliases=ldap3.DEREF_NEVER,
+    )
+
+
+@dataclass
+class StartedRefresh:
+    """A delta's refresh sent ahead of its read: the server answers it while the run does other work."""
+
+    since: Watermark
+    conn: ldap3.Connection
+    message_id: int
+
+
+def send_refresh(connector: LdapConnector, conn: ldap3.Connection, since: Watermark) -> int:
+    """Send the refresh from `since` (a syncrepl watermark) without waiting for its answer: its
+    message id, for `refresh_answer`. Raises SourceReadIncomplete when it could not be sent."""
+    return _send_refresh(connector, conn, connector.connection.filter, base64.b64decode(since.value))
 
 
 def initial_watermark(
@@ -342,21 +370,19 @@ def _watermark(connector: LdapConnector, cookie: bytes) -> Watermark:
     )
 
 
-def read_changes(
-    connector: LdapConnector, conn: ldap3.Connection, since: Watermark
-) -> Iterator[SourceRecord]:
-    """Yield what changed under the site's base DN since `since`; set `connector.watermark` at the end.
-
-    The whole answer is checked before the first record is yielded: a refused or expired cookie raises
-    `WatermarkRejected` while nothing has been planned yet.
-    """
+def refresh_answer(
+    connector: LdapConnector, conn: ldap3.Connection, since: Watermark, message_id: int | None = None
+) -> Refresh:
+    """What changed under the site's base DN since `since` (the refresh sent as `message_id`, or one
+    sent now), checked whole before anything is planned: a refused or expired cookie raises
+    `WatermarkRejected`."""
     site, url = connector.site, connector.url
     if since.kind != WATERMARK_KIND:
         raise WatermarkRejected(
             site, url, f"the stored watermark is of kind {since.kind}, not a syncrepl cookie"
         )
     cookie = base64.b64decode(since.value)
-    answer = _refresh(connector, conn, connector.connection.filter, cookie)
+    answer = _refresh(connector, conn, connector.connection.filter, cookie, message_id)
     if answer == E_SYNC_REFRESH_REQUIRED:
         raise WatermarkRejected(
             site, url, "the server refused the stored syncrepl cookie (e-syncRefreshRequired): full read"
@@ -378,8 +404,13 @@ def read_changes(
             "the server no longer holds the changes since the stored syncrepl cookie "
             "(session log exceeded, or the cookie is not its own): full read",
         )
+    return answer
+
+
+def changed_records(connector: LdapConnector, answer: Refresh, since: Watermark) -> Iterator[SourceRecord]:
+    """Yield the records of a checked answer; set `connector.watermark` at the end."""
     for entry in answer.entries:
         yield connector._record(entry)
     for anchor in answer.deleted:
-        yield SourceRecord(site=site, anchor=anchor, dn="", deleted=True)
-    connector.watermark = _watermark(connector, answer.cookie or cookie)
+        yield SourceRecord(site=connector.site, anchor=anchor, dn="", deleted=True)
+    connector.watermark = _watermark(connector, answer.cookie or base64.b64decode(since.value))
