@@ -15,7 +15,6 @@ import time
 from datetime import timedelta
 
 import httpx
-from joserfc import jwt
 from sqlalchemy import or_, select, update
 from sqlmodel import col
 
@@ -23,7 +22,7 @@ from directory_sync.config import GatewaySettings
 from directory_sync.store import Store, utcnow
 
 from .audit import record_event
-from .keys import KeyStore
+from .keys import KeyStore, sign_jwt
 from .models import BackchannelDelivery, BrowserSession, GatewayClient, SessionClient
 from .oauth.tokens import revoke_grants
 
@@ -112,7 +111,7 @@ class Logout:
             "sid": sid,
             "events": {BACKCHANNEL_EVENT: {}},
         }
-        return jwt.encode({"alg": alg, "kid": kid, "typ": "logout+jwt"}, claims, key, algorithms=[alg])
+        return sign_jwt({"alg": alg, "kid": kid, "typ": "logout+jwt"}, claims, key)
 
     def deliver_due(self, limit: int = 20, timeout: float = 5.0) -> int:
         """Send the logout tokens that are due; returns how many were acknowledged."""

@@ -397,14 +397,14 @@ def test_refresh_token_reuse_revokes_the_whole_grant(env: Env, monkeypatch: pyte
     # The rotations below are answered by the refresh fast path (oauth/fastpath.py, SQLite variant).
     fast_path = env.gateway.server.refresh_fast_path
     answered: list[bool] = []
-    grant = fast_path._sqlite_grant
+    refresh_fast = fast_path.refresh
 
-    def spy(*args: Any) -> Any:
-        issued = grant(*args)
+    async def spy(*args: Any) -> Any:
+        issued = await refresh_fast(*args)
         answered.append(issued is not None)
         return issued
 
-    monkeypatch.setattr(fast_path, "_sqlite_grant", spy)
+    monkeypatch.setattr(fast_path, "refresh", spy)
 
     def refresh(token: str) -> httpx.Response:
         return env.http.post(
@@ -768,6 +768,54 @@ def test_brute_force_is_slowed_then_locked_per_account_and_per_address(env: Env)
 def test_health_and_readiness(env: Env, tmp_path: Path) -> None:
     assert env.http.get("/healthz").json() == {"status": "ok"}
     assert env.http.get("/readyz").status_code == 200
+
+
+def test_a_refresh_waits_for_a_database_another_process_is_writing(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path answers on the event loop's own SQLite connection, which never waits for a lock:
+    while another process holds the write lock (a sync, the other gateway worker), the claim is made in
+    a worker thread that waits for it, and the refresh is answered once the lock is released. Its
+    write-ahead log is checkpointed in a thread, every CHECKPOINT_EVERY commits."""
+    import sqlite3
+    import threading
+
+    from sso_gateway.oauth import fastpath
+
+    client_id, secret = add_client(env)
+    callback, verifier, _ = sign_in_for_code(env, client_id)
+    tokens = redeem(env, client_id, secret, callback["code"], verifier).json()
+    fast_path = env.gateway.server.refresh_fast_path
+    monkeypatch.setattr(fastpath, "CHECKPOINT_EVERY", 1)
+    checkpoints: list[bool] = []
+    checkpoint = fast_path._checkpoint
+    monkeypatch.setattr(fast_path, "_checkpoint", lambda: checkpoints.append(True) or checkpoint())
+
+    def refresh(token: str) -> httpx.Response:
+        return env.http.post(
+            "/token", data={"grant_type": "refresh_token", "refresh_token": token}, auth=(client_id, secret)
+        )
+
+    first = refresh(tokens["refresh_token"])  # on the loop's connection: nobody holds the lock
+    assert first.status_code == 200
+    other = sqlite3.connect(env.gateway.store.engine.url.database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writing
+    answered: list[httpx.Response] = []
+    waiting = threading.Thread(target=lambda: answered.append(refresh(first.json()["refresh_token"])))
+    waiting.start()
+    try:
+        time.sleep(0.5)
+        assert answered == [] and waiting.is_alive()  # waits for the lock, without failing...
+        asked = time.monotonic()  # ...and not on the event loop, which goes on answering at once
+        assert env.http.get("/healthz").status_code == 200 and time.monotonic() - asked < 1.5
+    finally:
+        other.execute("COMMIT")
+        other.close()
+        waiting.join(timeout=30)
+    assert answered[0].status_code == 200, answered[0].text
+    assert refresh(answered[0].json()["refresh_token"]).status_code == 200  # the chain goes on
+    assert refresh(first.json()["refresh_token"]).json()["error"] == "invalid_grant"  # claimed once
+    assert checkpoints  # the loop's commits were checkpointed
 
 
 def test_refresh_refused_for_a_suspended_person_a_wrong_secret_or_another_client(env: Env) -> None:

@@ -191,3 +191,33 @@ def _b64decode(part: str) -> bytes:
     import base64
 
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_tokens_are_signed_as_joserfc_signs_and_verify_with_the_published_key(alg: str) -> None:
+    """`sign_jwt` (the access and logout tokens' signer) against joserfc, the library relying parties
+    of the tests verify with: RS256 (deterministic) gives the same octets; every signature verifies
+    with the public key alone, and a changed payload does not."""
+    from joserfc import jws, jwt
+    from joserfc.errors import BadSignatureError
+    from joserfc.jwk import ECKey, RSAKey
+
+    from sso_gateway.keys import sign_jwt
+
+    key = (
+        ECKey.generate_key("P-256", private=True)
+        if alg == "ES256"
+        else RSAKey.generate_key(2048, private=True)
+    )
+    public = key.__class__.import_key(key.as_dict(private=False))
+    header = {"typ": "at+jwt", "alg": alg, "kid": "k1"}
+    claims = {"iss": "https://gateway.example", "sub": "p1", "aud": "dpi", "exp": 2_000_000_000, "n": "é"}
+    token = sign_jwt(header, claims, key)
+    if alg == "RS256":
+        assert token == jwt.encode(header, claims, key, algorithms=[alg])
+    decoded = jwt.decode(token, public, algorithms=[alg])
+    assert decoded.header == header and decoded.claims == claims
+    forged = token.split(".")
+    forged[1] = sign_jwt(header, {**claims, "sub": "p2"}, key).split(".")[1]
+    with pytest.raises(BadSignatureError):
+        jws.deserialize_compact(".".join(forged), public, algorithms=[alg])

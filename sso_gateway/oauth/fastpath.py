@@ -36,10 +36,12 @@ import asyncio
 import base64
 import contextlib
 import hmac
-import json
+import logging
+import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -90,6 +92,7 @@ _CLAIM_AND_INSERT = (
 )
 
 
+log = logging.getLogger(__name__)
 _t = sa_table(IssuedToken)
 #: The same two steps for SQLite, as DB-API statements: SQLAlchemy's execution machinery (contexts,
 #: parameter and result processing) cost more than SQLite's own work for these one-row statements. The
@@ -129,6 +132,42 @@ class _SQLiteValues:
 
 def _same(value: Any) -> Any:
     return value
+
+
+class _Issued(dict[str, Any]):
+    """A token response, with the `jti` of its access token (recorded with its digest)."""
+
+    def __init__(self, token: dict[str, Any], jti: str) -> None:
+        super().__init__(token)
+        self.jti = jti
+
+
+_BUSY = object()
+#: Commits of an event loop's SQLite connection between two checkpoints of the write-ahead log (a
+#: refresh writes a few pages: about the 10,000 pages after which the store's connections checkpoint).
+CHECKPOINT_EVERY = 2_000
+#: Pauses between the loop's attempts at the write lock, before waiting for it in a thread. The other
+#: worker process holds it for a refresh's two statements (tens of microseconds): a thread waiting on
+#: SQLite's busy handler sleeps whole milliseconds, one grant at a time (p95 470 ms under load).
+LOOP_RETRY_PAUSES = (0, 0.0005, 0.001, 0.002, 0.004, 0.008)
+
+
+def _sqlite_claim(raw: Any, params: tuple[Any, ...], *, immediately: bool = False) -> bool:
+    """Claim the old refresh token and record the new tokens, in one transaction; False (nothing
+    written) if the claim found nothing to claim. `immediately`: take the write lock first (with
+    `busy_timeout=0`, a busy database raises at once, before anything is done)."""
+    try:
+        if immediately:
+            raw.execute("BEGIN IMMEDIATE")
+        if raw.execute(_SQLITE_CLAIM, params[:3]).rowcount != 1:
+            raw.rollback()
+            return False
+        raw.execute(_SQLITE_INSERT, params[3:])
+        raw.commit()
+    except BaseException:
+        raw.rollback()
+        raise
+    return True
 
 
 class _Pool:
@@ -173,6 +212,10 @@ class RefreshFastPath:
         self._pools: dict[int, _Pool] = {}
         self._limiters: dict[int, anyio.CapacityLimiter] = {}
         self._sqlite_values: _SQLiteValues | None = None
+        #: (event loop id, its SQLite connection), commits since the last checkpoint (`_loop_connection`).
+        self._sqlite_loop: tuple[int, Any] | None = None
+        self._loop_commits = 0
+        self._checkpointing = False
 
     def _sqlite_limiter(self) -> anyio.CapacityLimiter:
         """One SQLite grant at a time per process and event loop: threads of one process writing at
@@ -250,9 +293,7 @@ class RefreshFastPath:
             return None
         old_hash = digest(refresh_token)
         if self.sqlite:
-            limiter = self._sqlite_limiter()
-            issued = await anyio.to_thread.run_sync(self._sqlite_grant, client, old_hash, limiter=limiter)
-            return OAuthResponse(200, issued, list(TOKEN_HEADERS)) if issued is not None else None
+            return await self._sqlite_refresh(client, old_hash)
         # One connection for the read and the claim (the signing between them is CPU on this loop).
         async with self._pool().connection() as conn:
             cursor = await conn.execute(_READ, (old_hash,), prepare=True)
@@ -266,35 +307,107 @@ class RefreshFastPath:
                 return None  # used, revoked or suspended meanwhile: Authlib's path finds out which
         return OAuthResponse(200, token, list(TOKEN_HEADERS))
 
+    async def _sqlite_refresh(self, client: Client, old_hash: str) -> OAuthResponse | None:
+        """The SQLite variant: on this event loop's own connection while the database's write lock is
+        free (no thread hop), else in a worker thread that waits for the lock (`_sqlite_grant`)."""
+        if self._sqlite_values is None:
+            self._sqlite_values = _SQLiteValues(self.server.store.engine.dialect)
+        own = self._loop_connection()
+        try:
+            found = own.execute(_SQLITE_READ, (old_hash,)).fetchone()
+        except sqlite3.OperationalError:  # busy (rare in WAL mode): in a thread, which may wait
+            found = _BUSY
+        if found is _BUSY:
+            issued = await anyio.to_thread.run_sync(
+                self._sqlite_grant, client, old_hash, limiter=self._sqlite_limiter()
+            )
+        else:
+            issued = self._issue(client, self._sqlite_values.row(found)) if found is not None else None
+            if issued is None:
+                return None
+            params = self._sqlite_params(old_hash, issued, found, client.client_id)
+            claimed = None
+            for pause in LOOP_RETRY_PAUSES:
+                try:
+                    claimed = _sqlite_claim(own, params, immediately=True)
+                except sqlite3.OperationalError:  # another connection holds the write lock
+                    await asyncio.sleep(pause)  # the other worker's few statements, or a longer write
+                    continue
+                self._after_loop_commit()
+                break
+            if claimed is None:  # a long write (a sync): wait for it in a thread
+                claimed = await anyio.to_thread.run_sync(
+                    self._sqlite_pooled_claim, params, limiter=self._sqlite_limiter()
+                )
+            if not claimed:
+                return None  # used, revoked or suspended meanwhile: Authlib's path finds out which
+        return OAuthResponse(200, issued, list(TOKEN_HEADERS)) if issued is not None else None
+
+    def _loop_connection(self) -> Any:
+        """This event loop's SQLite connection: it never waits for a lock (`busy_timeout=0`: a busy
+        database is handed to a thread) and never checkpoints inside a commit (`_after_loop_commit`)."""
+        loop = asyncio.get_running_loop()
+        if self._sqlite_loop is None or self._sqlite_loop[0] != id(loop):
+            if self._sqlite_loop is not None:
+                self._sqlite_loop[1].close()
+            fairy = self.server.store.engine.raw_connection()
+            fairy.detach()  # this loop's for good: out of the pool
+            fairy.execute("PRAGMA busy_timeout=0")
+            fairy.execute("PRAGMA wal_autocheckpoint=0")
+            self._sqlite_loop = (id(loop), fairy)
+            self._loop_commits = 0
+        return self._sqlite_loop[1]
+
+    def _after_loop_commit(self) -> None:
+        """Every CHECKPOINT_EVERY commits of the loop's connection, its write-ahead log is checkpointed
+        in a thread (PASSIVE: never waits for a writer, never blocks a reader), not on the loop."""
+        self._loop_commits += 1
+        if self._loop_commits >= CHECKPOINT_EVERY and not self._checkpointing:
+            self._loop_commits = 0
+            self._checkpointing = True
+            asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        try:
+            raw = self.server.store.engine.raw_connection()
+            try:
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                raw.close()
+        except Exception as exc:  # the next one will try again; the commits are not affected
+            log.warning("refresh fast path: checkpoint failed: %s", exc)
+        finally:
+            self._checkpointing = False
+
     def _sqlite_grant(self, client: Client, old_hash: str) -> dict[str, Any] | None:
-        """The SQLite variant of `refresh`'s two steps, in a worker thread, on a pooled DB-API connection
-        (the read needs no transaction in WAL mode; the claim begins one, the insert ends it)."""
+        """The whole SQLite variant in a worker thread, on a pooled connection (busy: waits)."""
         values = self._sqlite_values
-        if values is None:
-            values = self._sqlite_values = _SQLiteValues(self.server.store.engine.dialect)
+        assert values is not None
         raw = self.server.store.engine.raw_connection()
         try:
             found = raw.execute(_SQLITE_READ, (old_hash,)).fetchone()
             token = self._issue(client, values.row(found)) if found is not None else None
             if token is None:
                 return None
-            params = self._claim(old_hash, token, found, client.client_id)
-            when = values.datetime_in
-            params = tuple(when(v) if isinstance(v, datetime) else v for v in params)
-            claimed = raw.execute(_SQLITE_CLAIM, params[:3])
-            if claimed.rowcount != 1:
-                raw.rollback()
-                return None  # used, revoked or suspended meanwhile: Authlib's path finds out which
-            raw.execute(_SQLITE_INSERT, params[3:])
-            raw.commit()
-        except BaseException:
-            raw.rollback()
-            raise
+            if not _sqlite_claim(raw, self._sqlite_params(old_hash, token, found, client.client_id)):
+                return None
         finally:
             raw.close()  # back to the pool
         return token
 
-    def _issue(self, client: Client, row: Any) -> dict[str, Any] | None:
+    def _sqlite_pooled_claim(self, params: tuple[Any, ...]) -> bool:
+        raw = self.server.store.engine.raw_connection()
+        try:
+            return _sqlite_claim(raw, params)
+        finally:
+            raw.close()
+
+    def _sqlite_params(self, old_hash: str, token: _Issued, row: Any, client_id: str) -> tuple[Any, ...]:
+        """`_claim`'s parameters, datetimes as SQLAlchemy stores them in SQLite."""
+        assert self._sqlite_values is not None
+        return self._claim(old_hash, token, row, client_id, self._sqlite_values.datetime_in)
+
+    def _issue(self, client: Client, row: Any) -> _Issued | None:
         """The token response for the token read (`row`), if Authlib's path would issue one."""
         (kind, client_id, scope, expires_at, revoked_at, rotated_at, grant_id, person_id, grant_revoked_at,
          sid, current_site, auth_time, amr, acr, status) = row  # fmt: skip
@@ -319,28 +432,32 @@ class RefreshFastPath:
             grant_id=grant_id,
             acr=acr,
         )
-        token: dict[str, Any] = self.server.generate_token(
-            grant_type="refresh_token", client=client, user=user, scope=scope, include_refresh_token=True
+        jti = secrets.token_urlsafe(16)
+        return _Issued(
+            self.server.token_factory(
+                grant_type="refresh_token",
+                client=client,
+                user=user,
+                scope=scope,
+                include_refresh_token=True,
+                jti=jti,
+            ),
+            jti,
         )
-        return token
 
-    def _claim(self, old_hash: str, token: dict[str, Any], row: Any, client_id: str) -> tuple[Any, ...]:
-        """The parameters of _CLAIM_AND_INSERT: the old token's claim, the new tokens' rows."""
+    def _claim(
+        self, old_hash: str, token: _Issued, row: Any, client_id: str, when: Any = _same
+    ) -> tuple[Any, ...]:
+        """The parameters of _CLAIM_AND_INSERT: the old token's claim, the new tokens' rows.
+        `when`: how the datetimes are passed (SQLite: as SQLAlchemy stores them)."""
         grant_id, person_id = row[6], row[7]
-        access = token["access_token"]
-        issued = utcnow()
-        access_expires = issued + timedelta(seconds=int(token["expires_in"]))
-        refresh_expires = issued + timedelta(seconds=self.server.settings.refresh_token_lifetime)
+        now = utcnow()
+        issued = when(now)
+        access_expires = when(now + timedelta(seconds=int(token["expires_in"])))
+        refresh_expires = when(now + timedelta(seconds=self.server.settings.refresh_token_lifetime))
         common = (grant_id, client_id, person_id, token.get("scope", ""))
         return (
             issued, old_hash, grant_id,
-            digest(access), ACCESS, *common, _jti(access), issued, access_expires,
+            digest(token["access_token"]), ACCESS, *common, token.jti, issued, access_expires,
             digest(token["refresh_token"]), REFRESH, *common, None, issued, refresh_expires,
         )  # fmt: skip
-
-
-def _jti(token: str) -> str | None:
-    """The `jti` of an access token we have just signed (no need to verify our own signature)."""
-    payload = token.split(".")[1]
-    jti = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("jti")
-    return str(jti) if jti is not None else None

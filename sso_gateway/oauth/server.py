@@ -79,7 +79,9 @@ class GatewayAuthorizationServer(AuthorizationServer):
         self.claims = claims
         self._end_session = end_session
         self.issuer_parameter = _Issuer(settings.issuer)
-        self.register_token_generator("default", TokenFactory(settings, keys))
+        #: Builds every grant's token response (Authlib calls it through `generate_token`).
+        self.token_factory = TokenFactory(settings, keys)
+        self.register_token_generator("default", self.token_factory)
         self.register_grant(
             AuthorizationCodeGrant, [S256CodeChallenge(required=True), GatewayOpenIDCode(self)]
         )

@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import TokenMixin
-from joserfc import jwt
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -29,7 +28,7 @@ from sqlmodel import col
 from directory_sync.config import GatewaySettings
 from directory_sync.store import Person, sa_table, utcnow
 
-from ..keys import KeyStore
+from ..keys import KeyStore, sign_jwt
 from ..models import Grant, IssuedToken
 from ..sessions import aware, digest
 
@@ -69,7 +68,14 @@ class TokenFactory:
         self.settings = settings
         self.keys = keys
 
-    def access_token(self, client_id: str, user: AuthenticatedUser | None, scope: str, lifetime: int) -> str:
+    def access_token(
+        self,
+        client_id: str,
+        user: AuthenticatedUser | None,
+        scope: str,
+        lifetime: int,
+        jti: str | None = None,
+    ) -> str:
         kid, alg, key = self.keys.signing_key()
         now = int(time.time())
         claims: dict[str, Any] = {
@@ -79,7 +85,7 @@ class TokenFactory:
             "client_id": client_id,
             "iat": now,
             "exp": now + lifetime,
-            "jti": secrets.token_urlsafe(16),
+            "jti": jti or secrets.token_urlsafe(16),
             "scope": scope,
         }
         if user is not None:
@@ -89,7 +95,7 @@ class TokenFactory:
                 claims["sid"] = user.sid
             if user.current_site:
                 claims["current_site"] = user.current_site
-        return jwt.encode({"typ": "at+jwt", "alg": alg, "kid": kid}, claims, key, algorithms=[alg])
+        return sign_jwt({"typ": "at+jwt", "alg": alg, "kid": kid}, claims, key)
 
     def __call__(
         self,
@@ -99,11 +105,13 @@ class TokenFactory:
         scope: str | None = None,
         expires_in: int | None = None,
         include_refresh_token: bool = True,
+        jti: str | None = None,
     ) -> dict[str, Any]:
+        """`jti`: the access token's, when the caller records it (else a random one)."""
         lifetime = expires_in or self.settings.access_token_lifetime
         token: dict[str, Any] = {
             "token_type": "Bearer",
-            "access_token": self.access_token(client.client_id, user, scope or "", lifetime),
+            "access_token": self.access_token(client.client_id, user, scope or "", lifetime, jti),
             "expires_in": lifetime,
             "scope": scope or "",
         }

@@ -51,6 +51,9 @@ def route_template(scope: Scope) -> str:
 class ObserveMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        #: The metrics' series, by labels (bounded: route templates, METHODS, statuses).
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,5 +77,11 @@ class ObserveMiddleware:
         finally:
             route = route_template(scope)
             method = scope["method"] if scope["method"] in METHODS else "other"
-            REQUESTS.labels(route, method, str(status)).inc()
-            REQUEST_DURATION.labels(route, method).observe(time.perf_counter() - started)
+            counted = self._counters.get((route, method, status))
+            if counted is None:  # labels() looks the series up under a lock: once per series here
+                counted = self._counters[route, method, status] = REQUESTS.labels(route, method, str(status))
+            timed = self._timers.get((route, method))
+            if timed is None:
+                timed = self._timers[route, method] = REQUEST_DURATION.labels(route, method)
+            counted.inc()
+            timed.observe(time.perf_counter() - started)
