@@ -876,12 +876,13 @@ def apply_plan(
         for a in links
     )
     updates = list(plan.of(ActionKind.UPDATE))
+    closes = list(plan.of(ActionKind.CLOSE))
+    before = _read_before(session, updates + closes)
     for chunk in _chunks(updates, _CHUNK):
         session.execute(
             update(_ACCOUNT).where(_ACCOUNT.c.id == bindparam("account_id")),
             [_account_row(a, now) | {"account_id": a.account_id, "deleted_at": None} for a in chunk],
         )
-    closes = list(plan.of(ActionKind.CLOSE))
     for chunk in _chunks(closes, _CHUNK):
         session.execute(
             update(_ACCOUNT).where(_ACCOUNT.c.id == bindparam("account_id")),
@@ -906,14 +907,116 @@ def apply_plan(
         )
         for a in closes
     )
-    _file_action_keys(session, creates + links + updates)
+    # An update files the account's keys again only if the values they come from changed (a changed
+    # account keeps its old keys anyway).
+    rekeyed = [a for a in updates if a.account_id not in before or _keys_changed(before[a.account_id], a)]
+    _file_action_keys(session, creates + links + rekeyed)
     touched = {a.person_id for a in links + updates + closes if a.person_id}
-    refreshed = refresh_people(session, touched, now, context.config, actor)
+    known = _known_people(plan, before, links, now)
+    refreshed = refresh_people(session, touched, now, context.config, actor, known=known)
     result.suspended, result.reactivated = refreshed.suspended, refreshed.reactivated
     audit.extend(refreshed.audit)
     write_audit(session, audit)
     context.closures += len(closes)
     return result
+
+
+@dataclass(slots=True)
+class _Before:
+    """An account as it was before the plan changed it, with its person's row, the person's
+    affiliation at the account's site, and how many accounts the person has."""
+
+    attributes: dict[str, str]
+    first_seen_at: datetime
+    accounts: int
+    person: dict[str, Any]
+    affiliation: dict[str, Any] | None
+
+
+_OTHER = _ACCOUNT.alias("other_account")
+_BEFORE = (
+    select(
+        _ACCOUNT.c.id,
+        _ACCOUNT.c.attributes,
+        _ACCOUNT.c.first_seen_at,
+        select(func.count())
+        .select_from(_OTHER)
+        .where(_OTHER.c.person_id == _ACCOUNT.c.person_id)
+        .scalar_subquery()
+        .label("accounts"),
+        *(c.label(f"p_{c.name}") for c in _PERSON.c),
+        *(c.label(f"f_{c.name}") for c in _AFFILIATION.c),
+    )
+    .select_from(
+        _ACCOUNT.join(_PERSON, _PERSON.c.id == _ACCOUNT.c.person_id).outerjoin(
+            _AFFILIATION,
+            and_(_AFFILIATION.c.person_id == _ACCOUNT.c.person_id, _AFFILIATION.c.site == _ACCOUNT.c.site),
+        )
+    )
+    .where(_ACCOUNT.c.id.in_(bindparam("ids", expanding=True)))
+)
+_PERSON_COLUMNS = tuple((f"p_{c.name}", c.name) for c in _PERSON.c)
+_AFFILIATION_COLUMNS = tuple((f"f_{c.name}", c.name) for c in _AFFILIATION.c)
+
+
+def _read_before(session: Session, actions: list[AccountAction]) -> dict[int, _Before]:
+    """The known accounts these actions change, as they are before the change (one query per batch,
+    in the transaction that applies them): their old values tell whether their correlation keys
+    changed, and a person with this one account is recomputed without reading it back."""
+    before: dict[int, _Before] = {}
+    for chunk in _chunks([a.account_id for a in actions if a.account_id is not None], _CHUNK):
+        for row in session.execute(_BEFORE, {"ids": list(chunk)}):
+            values = row._mapping
+            affiliation = None
+            if values["f_id"] is not None:
+                affiliation = {name: values[label] for label, name in _AFFILIATION_COLUMNS}
+            before[row.id] = _Before(
+                row.attributes or {},
+                row.first_seen_at,
+                row.accounts,
+                {name: values[label] for label, name in _PERSON_COLUMNS},
+                affiliation,
+            )
+    return before
+
+
+#: The values an account's correlation keys come from (`correlate.Probe.index_keys`).
+_KEY_VALUES = ("family_name", "birth_name", "given_name", "rpps", "adeli", "email")
+
+
+def _keys_changed(before: _Before, action: AccountAction) -> bool:
+    assert action.account is not None
+    new = action.account.values
+    return any(before.attributes.get(name) != new.get(name) for name in _KEY_VALUES)
+
+
+def _known_people(
+    plan: SitePlan, before: Mapping[int, _Before], links: list[AccountAction], now: datetime
+) -> dict[str, _PersonState]:
+    """The people whose one account this plan updates or closes, as they are after it: their
+    accounts, affiliations and row come from `before` and the plan (read in this transaction)."""
+    linked = {a.person_id for a in links}
+    known: dict[str, _PersonState] = {}
+    for action in plan.actions:
+        if action.kind is not ActionKind.UPDATE and action.kind is not ActionKind.CLOSE:
+            continue
+        if action.account_id is None or action.person_id is None or action.person_id in linked:
+            continue
+        old = before.get(action.account_id)
+        if old is None or old.accounts != 1:
+            continue
+        if action.account is not None:  # updated: what the source says now
+            state, attributes = _state(action.account), dict(action.account.values)
+        else:  # closed: its last values stay, for a person with nothing else left
+            state, attributes = AccountState.DELETED.value, old.attributes
+        view = _AccountView(
+            action.account_id, plan.site, action.anchor, state, attributes, old.first_seen_at, now
+        )
+        affiliations: dict[str, Mapping[Any, Any]] = {}
+        if old.affiliation is not None:
+            affiliations[plan.site] = old.affiliation
+        known[action.person_id] = _PersonState([view], affiliations, old.person)
+    return known
 
 
 _SITE = sa_table(Site)
@@ -984,66 +1087,100 @@ def _account_row(action: AccountAction, now: datetime) -> dict[str, Any]:
     }
 
 
+@dataclass(slots=True)
+class _PersonState:
+    """What recomputing a person starts from: its accounts, its affiliations by site, its row."""
+
+    accounts: list[_AccountView]
+    affiliations: dict[str, Mapping[Any, Any]]
+    person: Mapping[Any, Any]
+
+
+# What refresh_people reads of the people it recomputes, built once.
+_ACCOUNTS_OF = select(
+    _ACCOUNT.c.id,
+    _ACCOUNT.c.person_id,
+    _ACCOUNT.c.site,
+    _ACCOUNT.c.anchor,
+    _ACCOUNT.c.state,
+    _ACCOUNT.c.attributes,
+    _ACCOUNT.c.first_seen_at,
+    _ACCOUNT.c.last_changed_at,
+).where(_ACCOUNT.c.person_id.in_(bindparam("ids", expanding=True)))
+_AFFILIATIONS_OF = select(_AFFILIATION).where(_AFFILIATION.c.person_id.in_(bindparam("ids", expanding=True)))
+_PEOPLE = select(_PERSON).where(_PERSON.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def _read_people(session: Session, person_ids: Sequence[str]) -> dict[str, _PersonState]:
+    accounts: dict[str, list[_AccountView]] = defaultdict(list)
+    for row in session.execute(_ACCOUNTS_OF, {"ids": list(person_ids)}):
+        accounts[row.person_id].append(
+            _AccountView(
+                row.id,
+                row.site,
+                row.anchor,
+                row.state,
+                row.attributes or {},
+                row.first_seen_at,
+                row.last_changed_at,
+            )
+        )
+    affiliations: dict[str, dict[str, Mapping[Any, Any]]] = defaultdict(dict)
+    for row in session.execute(_AFFILIATIONS_OF, {"ids": list(person_ids)}):
+        affiliations[row.person_id][row.site] = row._mapping
+    return {
+        row.id: _PersonState(accounts[row.id], affiliations[row.id], row._mapping)
+        for row in session.execute(_PEOPLE, {"ids": list(person_ids)})
+    }
+
+
 def refresh_people(
-    session: Session, person_ids: Iterable[str], now: datetime, config: CorrelationConfig, actor: Actor
+    session: Session,
+    person_ids: Iterable[str],
+    now: datetime,
+    config: CorrelationConfig,
+    actor: Actor,
+    *,
+    known: Mapping[str, _PersonState] | None = None,
 ) -> ApplyResult:
-    """Recompute the affiliations, attributes and status of these people from their accounts."""
+    """Recompute the affiliations, attributes and status of these people from their accounts.
+
+    `known`: people whose accounts, affiliations and row the caller has just read in this transaction
+    (as they are after its changes): they are not read again."""
     result = ApplyResult()
+    known = known or {}
     ids = sorted(person_ids)
     for chunk in _chunks(ids, _CHUNK):
-        accounts: dict[str, list[_AccountView]] = defaultdict(list)
-        for row in session.execute(
-            select(
-                _ACCOUNT.c.id,
-                _ACCOUNT.c.person_id,
-                _ACCOUNT.c.site,
-                _ACCOUNT.c.anchor,
-                _ACCOUNT.c.state,
-                _ACCOUNT.c.attributes,
-                _ACCOUNT.c.first_seen_at,
-                _ACCOUNT.c.last_changed_at,
-            ).where(_ACCOUNT.c.person_id.in_(chunk))
-        ):
-            accounts[row.person_id].append(
-                _AccountView(
-                    row.id,
-                    row.site,
-                    row.anchor,
-                    row.state,
-                    row.attributes or {},
-                    row.first_seen_at,
-                    row.last_changed_at,
-                )
-            )
-        existing_affiliations: dict[str, dict[str, Any]] = defaultdict(dict)
-        for row in session.execute(select(_AFFILIATION).where(_AFFILIATION.c.person_id.in_(chunk))):
-            existing_affiliations[row.person_id][row.site] = row
-        people = {row.id: row for row in session.execute(select(_PERSON).where(_PERSON.c.id.in_(chunk)))}
+        states = {pid: known[pid] for pid in chunk if pid in known}
+        unknown = [pid for pid in chunk if pid not in states]
+        if unknown:
+            states.update(_read_people(session, unknown))
         new_affiliations: list[dict[str, Any]] = []
         changed_affiliations: list[dict[str, Any]] = []
         changed_people: list[dict[str, Any]] = []
         for person_id in chunk:
-            person = people[person_id]
+            state = states[person_id]
+            person = state.person
             by_site: dict[str, list[_AccountView]] = defaultdict(list)
-            for account in accounts[person_id]:
+            for account in state.accounts:
                 by_site[account.site].append(account)
             wanted_by_site: dict[str, dict[str, Any]] = {}
             for site_code, site_accounts in by_site.items():
                 wanted = derive_affiliation(site_accounts)
-                existing = existing_affiliations[person_id].get(site_code)
+                existing = state.affiliations.get(site_code)
                 if existing is None:
                     wanted.update(started_at=now, ended_at=None if wanted["active"] else now)
-                elif existing.active and not wanted["active"]:
-                    wanted.update(started_at=existing.started_at, ended_at=now)
-                elif wanted["active"] and not existing.active:
+                elif existing["active"] and not wanted["active"]:
+                    wanted.update(started_at=existing["started_at"], ended_at=now)
+                elif wanted["active"] and not existing["active"]:
                     wanted.update(started_at=now, ended_at=None)
                 else:
-                    wanted.update(started_at=existing.started_at, ended_at=existing.ended_at)
+                    wanted.update(started_at=existing["started_at"], ended_at=existing["ended_at"])
                 wanted_by_site[site_code] = wanted
             primary = choose_primary(wanted_by_site, config)
             for site_code, wanted in wanted_by_site.items():
                 wanted["primary"] = site_code == primary
-                existing = existing_affiliations[person_id].get(site_code)
+                existing = state.affiliations.get(site_code)
                 if existing is None:
                     new_affiliations.append({"person_id": person_id, "site": site_code, **wanted})
                     result.audit.append(
@@ -1056,9 +1193,9 @@ def refresh_people(
                         )
                     )
                     continue
-                changes = {k: v for k, v in wanted.items() if getattr(existing, k) != v}
+                changes = {k: v for k, v in wanted.items() if existing[k] != v}
                 if changes:
-                    changed_affiliations.append({"affiliation_id": existing.id, **changes})
+                    changed_affiliations.append({"affiliation_id": existing["id"], **changes})
                     action = "affiliation.updated"
                     if "active" in changes:
                         action = "affiliation.opened" if wanted["active"] else "affiliation.closed"
@@ -1068,22 +1205,23 @@ def refresh_people(
                             action,
                             person_id=person_id,
                             site=site_code,
-                            changes=_changes(existing._mapping, wanted, changes),
+                            changes=_changes(existing, wanted, changes),
                         )
                     )
-            if person.status == PersonStatus.MERGED:
+            if person["status"] == PersonStatus.MERGED:
                 continue
-            values, provenance = derive_person(accounts[person_id], config.survivorship, primary)
+            values, provenance = derive_person(state.accounts, config.survivorship, primary)
             changes = {
                 name: value
                 for name, value in values.items()
-                if getattr(person, name) != value and not (name == "family_name" and not value)
+                if person[name] != value and not (name == "family_name" and not value)
             }
-            _keep_since(provenance, person.provenance or {}, changes)
-            if changes or provenance != (person.provenance or {}):
+            _keep_since(provenance, person["provenance"] or {}, changes)
+            if changes or provenance != (person["provenance"] or {}):
                 changes["provenance"] = provenance
             any_active = primary is not None
-            if person.status != PersonStatus.SUSPENDED and person.status != PersonStatus.DEPROVISIONED:
+            status = person["status"]
+            if status != PersonStatus.SUSPENDED and status != PersonStatus.DEPROVISIONED:
                 if not any_active:
                     changes.update(status=PersonStatus.SUSPENDED, suspended_at=now)
                     result.suspended += 1
@@ -1103,7 +1241,7 @@ def refresh_people(
                             now,
                             names.get(visible.get("status", ""), "person.updated"),
                             person_id=person_id,
-                            changes=_changes(person._mapping, visible, visible),
+                            changes=_changes(person, visible, visible),
                             reason="recomputed from the person's accounts",
                         )
                     )

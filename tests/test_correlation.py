@@ -167,6 +167,20 @@ def test_a_marriage_name_is_matched_through_the_birth_name(ght: Ght) -> None:
     assert ght.person_of("ch-a", "cmoreau").id == ght.person_of("ch-b", "claire.lefebvre").id
 
 
+def test_an_account_renamed_at_its_site_is_found_under_its_new_name(ght: Ght) -> None:
+    ght.put("ch-a", "cmoreau", "Moreau", "Claire", birthDate="1985-07-14", ou="Urgences")
+    ght.sync()
+    ght.put("ch-a", "cmoreau", "Lefebvre", "Claire", birthDate="1985-07-14", ou="Urgences")
+    ght.sync()
+    ght.put("ch-a", "cmoreau", "Lefebvre", "Claire", birthDate="1985-07-14", ou="Réanimation")  # not a name
+    ght.sync()
+    ght.put("ch-b", "claire.lefebvre", "Lefebvre", "Claire", birthDate="1985-07-14")
+    results = ght.sync()
+    assert (results[1].created, results[1].linked) == (0, 1)
+    person = ght.person_of("ch-b", "claire.lefebvre")
+    assert person.id == ght.person_of("ch-a", "cmoreau").id and person.family_name == "Lefebvre"
+
+
 def test_an_rpps_present_at_one_site_only_still_links_by_names_and_birth_date(ght: Ght) -> None:
     ght.put("ch-a", "pgarcia", "Garcia", "Paul", rpps=rpps(11), title="Médecin", birthDate="1970-01-20")
     ght.put("ch-b", "paul.garcia", "Garcia", "Paul", title="Médecin", birthDate="1970-01-20")
