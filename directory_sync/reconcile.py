@@ -50,7 +50,7 @@ from .store import (
     new_person_id,
     sa_table,
 )
-from .store.bulk import insert_rows
+from .store.bulk import insert_rows, update_rows
 
 #: Person attributes, derived from the person's accounts by survivorship.
 PERSON_FIELDS = ("family_name", "given_name", "birth_name", "birth_date", "email", "rpps", "adeli")
@@ -879,13 +879,17 @@ def apply_plan(
     closes = list(plan.of(ActionKind.CLOSE))
     before = _read_before(session, updates + closes)
     for chunk in _chunks(updates, _CHUNK):
-        session.execute(
-            update(_ACCOUNT).where(_ACCOUNT.c.id == bindparam("account_id")),
+        update_rows(
+            session,
+            _ACCOUNT,
+            "account_id",
             [_account_row(a, now) | {"account_id": a.account_id, "deleted_at": None} for a in chunk],
         )
     for chunk in _chunks(closes, _CHUNK):
-        session.execute(
-            update(_ACCOUNT).where(_ACCOUNT.c.id == bindparam("account_id")),
+        update_rows(
+            session,
+            _ACCOUNT,
+            "account_id",
             [
                 {
                     "account_id": a.account_id,
@@ -1269,7 +1273,7 @@ def _update_many(session: Session, table: Any, key: str, rows: list[dict[str, An
     for row in rows:
         groups[tuple(sorted(row))].append(row)
     for group in groups.values():
-        session.execute(update(table).where(table.c.id == bindparam(key)), group)
+        update_rows(session, table, key, group)
 
 
 def _changes(old: Any, new: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import bindparam, create_engine, insert, select, text, update
 
 from directory_sync.errors import StoreError
 from directory_sync.store import (
@@ -21,7 +21,7 @@ from directory_sync.store import (
     open_store,
     sa_table,
 )
-from directory_sync.store.bulk import insert_rows
+from directory_sync.store.bulk import insert_rows, update_rows
 from directory_sync.store.database import SCHEMA_HEAD
 
 
@@ -128,6 +128,74 @@ def test_bulk_inserts_store_exactly_what_sqlalchemy_would(database_url: str) -> 
         first = session.execute(select(account).where(account.c.anchor == "uuid-0", account.c.site == "ch-a"))
         row = first.one()
     assert row.attributes == {"sn": "Bérenguier\u00e9", "mail": None, "n": 0}
+
+
+def test_bulk_updates_store_exactly_what_sqlalchemy_would(database_url: str) -> None:
+    """`update_rows` (a plan's updated accounts, recomputed people) sets the same text, dates, JSON and
+    NULLs as `update(table)` through SQLAlchemy, on both stores, and only the columns it is given."""
+    store = open_store(database_url)
+    account = sa_table(Account)
+    paris = timezone(timedelta(hours=1))
+    then = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    now = datetime(2026, 11, 23, 8, 30, 15, 123456, tzinfo=UTC)
+    with store.session() as session:
+        session.add(Site(code="ch-a", name="A", finess="840000087"))
+        session.flush()
+        insert_rows(
+            session,
+            sa_table(Person),
+            [{"id": "p0", "family_name": "X", "created_at": then, "updated_at": then}],
+        )
+        insert_rows(
+            session,
+            account,
+            [
+                {
+                    "site": "ch-a",
+                    "anchor": f"uuid-{i}",
+                    "dn": "dn",
+                    "login": f"l{i}",
+                    "person_id": "p0",
+                    "attributes": {},
+                    "fingerprint": "f",
+                    "first_seen_at": then,
+                    "last_changed_at": then,
+                    "deleted_at": then,
+                }
+                for i in range(4)
+            ],
+        )
+        ids = dict(session.execute(select(account.c.anchor, account.c.id)).all())
+        changes = [
+            {
+                "dn": f"uid=l{i},ou=people,dc=a",
+                "state": AccountState.DISABLED if i % 2 else AccountState.ENABLED,
+                "attributes": {"sn": "Bérenguier\u00e9", "mail": None, "n": i} if i else {},
+                "last_changed_at": now.astimezone(paris) if i == 1 else now,
+                "deleted_at": None,
+            }
+            for i in range(2)
+        ]
+        update_rows(
+            session,
+            account,
+            "account_id",
+            [c | {"account_id": ids[f"uuid-{i}"]} for i, c in enumerate(changes)],
+        )
+        session.execute(
+            update(account).where(account.c.id == bindparam("account_id")),
+            [c | {"account_id": ids[f"uuid-{i + 2}"]} for i, c in enumerate(changes)],
+        )
+        session.commit()
+    with store.engine.connect() as conn:
+        stored = conn.exec_driver_sql(
+            "select dn, login, state, attributes, fingerprint, first_seen_at, last_changed_at, deleted_at "
+            "from account order by anchor"
+        ).all()
+    assert stored[:2] == [(*row[:1], f"l{i}", *row[2:]) for i, row in enumerate(stored[2:])]
+    assert stored[0][1:2] == ("l0",) and stored[0][5] == stored[2][5]  # columns not given are left alone
+    with pytest.raises(ValueError, match="cannot update"):
+        update_rows(store.engine.connect(), account, "account_id", [{"nickname": "x", "account_id": 1}])
 
 
 def test_bulk_inserts_refuse_rows_that_do_not_fit_the_table(tmp_path: Path) -> None:

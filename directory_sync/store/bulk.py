@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
 
@@ -52,6 +52,56 @@ def insert_rows(bind: Session | Connection, table: Table, rows: Sequence[Mapping
     if not positional:
         parameters = [dict(zip(order, row_values, strict=True)) for row_values in parameters]
     connection.exec_driver_sql(sql, parameters)
+
+
+def update_rows(
+    bind: Session | Connection, table: Table, key: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """UPDATE `table` SET the other columns of each row WHERE its id is `row[key]`, in the caller's
+    transaction, through the driver's `executemany` (as `insert_rows`). Every row has the same keys."""
+    if not rows:
+        return
+    connection = bind.connection() if isinstance(bind, Session) else bind
+    dialect = connection.dialect
+    names = tuple(rows[0])
+    sql, positional, order, processors = _update_statement(table, key, names, dialect)
+    values = operator.itemgetter(*order)
+    converters = [(i, _converter(processor)) for i, processor in processors]
+    try:
+        parameters: list[Any] = [values(row) for row in rows]
+    except KeyError as missing:
+        raise ValueError(f"{table.name}: every row needs the same columns, one lacks {missing}") from None
+    if converters:
+        for n, raw in enumerate(parameters):
+            row_values = list(raw)
+            for i, convert in converters:
+                row_values[i] = convert(row_values[i])
+            parameters[n] = tuple(row_values)
+    if not positional:
+        parameters = [dict(zip(order, row_values, strict=True)) for row_values in parameters]
+    connection.exec_driver_sql(sql, parameters)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_statement(
+    table: Table, key: str, names: tuple[str, ...], dialect: Dialect
+) -> tuple[str, bool, tuple[str, ...], tuple[tuple[int, Callable[[Any], Any]], ...]]:
+    columns = [name for name in names if name != key]
+    unknown = [name for name in columns if name not in table.c]
+    if unknown or key not in names or len(columns) + 1 != len(names):
+        raise ValueError(f"{table.name}: cannot update {', '.join(names)} by {key}")
+    statement = update(table).where(table.c.id == bindparam(key))
+    compiled = statement.compile(dialect=dialect, column_keys=columns)
+    order = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.params)
+    if sorted(order) != sorted(names):
+        raise ValueError(f"{table.name}: unexpected parameters {order} for {names}")
+    processors = tuple(
+        (i, processor)
+        for i, name in enumerate(order)
+        if name != key
+        and (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    )
+    return compiled.string, compiled.positional, order, processors
 
 
 @functools.lru_cache(maxsize=256)
