@@ -851,3 +851,25 @@ def test_refresh_refused_for_a_suspended_person_a_wrong_secret_or_another_client
         set_status("active")
     again = env.http.post("/token", data=form, auth=(client_id, secret or ""))
     assert again.status_code == 200, again.text  # none of the refused requests used the token
+
+
+def test_the_token_endpoint_refuses_an_oversized_body_and_tags_its_answers(env: Env) -> None:
+    """Token requests are answered in front of the application's middleware: they still carry the
+    request id, and a body far larger than any token request is refused before it is buffered."""
+    client_id, secret = add_client(env, redirect_uris=[], grant_types=["client_credentials"])
+    big = env.http.post(
+        "/token",
+        data={"grant_type": "client_credentials", "padding": "x" * 100_000},
+        auth=(client_id, secret or ""),
+    )
+    assert big.status_code == 413
+    tagged = env.http.post(
+        "/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client_id, secret or ""),
+        headers={"X-Request-ID": "lb-1234"},
+    )
+    assert tagged.status_code == 200 and tagged.headers["x-request-id"] == "lb-1234"
+    refused = env.http.post("/token", data={"grant_type": "password"}, auth=(client_id, secret or ""))
+    assert refused.status_code == 400 and refused.json()["error"] == "unsupported_grant_type"
+    assert len(refused.headers["x-request-id"]) == 32

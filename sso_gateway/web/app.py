@@ -32,8 +32,7 @@ from sqlalchemy import bindparam, delete
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from directory_sync.config import load_settings
 from directory_sync.store import Affiliation, Person, Site, sa_table
@@ -120,6 +119,23 @@ def _urlencoded(request: Request) -> bool:
 def _urlencoded_media(headers: Mapping[str, str]) -> bool:
     media_type = headers.get("content-type", "").partition(";")[0]
     return media_type.strip().lower() == "application/x-www-form-urlencoded"
+
+
+#: The largest token request body read (a client assertion and a long refresh token fit many times).
+MAX_TOKEN_REQUEST = 64 * 1024
+
+
+class GatewayApp(FastAPI):
+    """The gateway's FastAPI application, with one request kind answered in front of its middleware
+    stack: `shortcut` is (accepts(scope), ASGI app), set by `create_app` (the token endpoint's)."""
+
+    shortcut: tuple[Callable[[Scope], bool], ASGIApp] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.shortcut is not None and scope["type"] == "http" and self.shortcut[0](scope):
+            await self.shortcut[1](scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def fastapi_telemetry() -> Any:
@@ -240,7 +256,7 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
         task.cancel()
         worker_exit()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="GHT OIDC gateway",
         lifespan=lifespan,
         docs_url=None,
@@ -323,31 +339,49 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
 
     class TokenShortcut:
         """Token requests in the form OAuth clients send (RFC 6749: urlencoded, no query), answered as
-        plain ASGI right inside ObserveMiddleware (request id and metrics as for any request): the
-        exception middleware, the router and FastAPI's request and response machinery were about a
+        plain ASGI in front of FastAPI's stack (`GatewayApp`), with the request id and metrics of any
+        request (ObserveMiddleware) and a 500 for an unexpected error, as ServerErrorMiddleware would:
+        the middleware layers, the router and FastAPI's request and response machinery were about a
         third of a refresh grant's CPU. A refresh grant the fast path answers (oauth/fastpath.py: one
-        that succeeds) is answered there; every other grant by `token_response`, as the route would.
-        Any other request goes on to the application."""
+        that succeeds) is answered there; every other grant by `token_response`, as the route would."""
 
-        def __init__(self, app: ASGIApp) -> None:
-            self.app = app
+        def accepts(self, scope: Scope) -> bool:
+            return (
+                scope["type"] == "http"
+                and scope["path"] == "/token"
+                and scope["method"] == "POST"
+                and not scope.get("query_string")
+                and _urlencoded_media(Headers(scope=scope))
+            )
 
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            if (
-                scope["type"] != "http"
-                or scope["path"] != "/token"
-                or scope["method"] != "POST"
-                or scope.get("query_string")
-                or not _urlencoded_media(headers := Headers(scope=scope))
-            ):
-                await self.app(scope, receive, send)
-                return
-            chunks, more = [], True
+            started = False
+
+            async def send_tracked(message: Message) -> None:
+                nonlocal started
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+            try:
+                await self.answer(scope, receive, send_tracked)
+            except Exception:
+                if not started:  # as ServerErrorMiddleware: a plain 500, and the error goes on to be logged
+                    await PlainTextResponse("Internal Server Error", 500)(scope, receive, send)
+                raise
+
+        async def answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+            headers = Headers(scope=scope)
+            chunks, size, more = [], 0, True
             while more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     return
-                chunks.append(message.get("body", b""))
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_TOKEN_REQUEST:  # no token request is anywhere near: not buffered further
+                    await PlainTextResponse("Request Entity Too Large", 413)(scope, receive, send)
+                    return
+                chunks.append(chunk)
                 more = message.get("more_body", False)
             body = b"".join(chunks)
             # Parsed directly: a tenth of the multipart parser's cost (see `oauth_request`).
@@ -363,19 +397,19 @@ def create_app(gateway: Gateway, *, threads: int | None = None) -> FastAPI:
                 await send(start)
                 await send(content)
                 return
-            else:
-                client = scope.get("client")
-                oreq = GatewayRequest(
-                    "POST",
-                    f"{gateway.issuer}/token",
-                    headers,
-                    form=pairs,
-                    address=client[0] if client else "unknown",
-                )
-                response = await token_response(oreq)
+            client = scope.get("client")
+            oreq = GatewayRequest(
+                "POST",
+                f"{gateway.issuer}/token",
+                headers,
+                form=pairs,
+                address=client[0] if client else "unknown",
+            )
+            response = await token_response(oreq)
             await response(scope, receive, send)
 
-    app.user_middleware.append(Middleware(TokenShortcut))  # the innermost: inside ObserveMiddleware
+    shortcut = TokenShortcut()
+    app.shortcut = (shortcut.accepts, ObserveMiddleware(shortcut))
     REFRESH_TOKENS_ISSUED = TOKENS_ISSUED.labels("refresh_token")
 
     @app.api_route("/userinfo", methods=["GET", "POST"])
