@@ -442,8 +442,37 @@ def _validation_error(path: Path, exc: ValidationError, lines: Mapping[tuple[Any
     return ConfigError(path, key, message, line=line)
 
 
+#: Mappings already read in this process, with the files they came from as they were then (a
+#: scheduler's runs, `ght sync run --every`, parse and validate each file once, not once per run).
+_MAPPINGS_READ: dict[tuple[str, Any], tuple[tuple[tuple[Path, Any], ...], SiteMapping]] = {}
+
+
+def _file_state(path: Path) -> bytes | None:
+    """What the file holds (reading a small file is cheap; parsing and validating it is not), so that
+    an edit is seen even within the file system's timestamp granularity."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 def load_site_mapping(path: Path, *, known_professions: Mapping[str, str] | None = None) -> SiteMapping:
-    """Read and validate `mappings/<site>.yaml`. Raises ConfigError naming file, line and key."""
+    """Read and validate `mappings/<site>.yaml`. Raises ConfigError naming file, line and key.
+
+    Read again only when it, or a value-map file it names, changed since this process last read it."""
+    key = (str(path), tuple(sorted(known_professions.items())) if known_professions is not None else None)
+    known = _MAPPINGS_READ.get(key)
+    if known is not None and all(_file_state(file) == state for file, state in known[0]):
+        return known[1]
+    files = [(path, _file_state(path))]  # each file as it was before it was read: a change then shows
+    mapping = _read_site_mapping(path, known_professions, files)
+    _MAPPINGS_READ[key] = (tuple(files), mapping)
+    return mapping
+
+
+def _read_site_mapping(
+    path: Path, known_professions: Mapping[str, str] | None, files: list[tuple[Path, Any]]
+) -> SiteMapping:
     data, lines = _load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(path, None, "expected a mapping with keys site, connection, attributes")
@@ -453,7 +482,7 @@ def load_site_mapping(path: Path, *, known_professions: Mapping[str, str] | None
         data = {**data, "site": site}
     value_maps = data.get("value_maps")
     if isinstance(value_maps, dict):
-        data = {**data, "value_maps": _resolve_value_maps(path, value_maps, lines)}
+        data = {**data, "value_maps": _resolve_value_maps(path, value_maps, lines, files)}
     connection = data.get("connection")
     if isinstance(connection, dict) and connection.get("kind") == "ldif" and "path" in connection:
         data = {
@@ -474,12 +503,17 @@ def load_site_mapping(path: Path, *, known_professions: Mapping[str, str] | None
 
 
 def _resolve_value_maps(
-    path: Path, value_maps: dict[str, Any], lines: Mapping[tuple[Any, ...], int]
+    path: Path,
+    value_maps: dict[str, Any],
+    lines: Mapping[tuple[Any, ...], int],
+    files: list[tuple[Path, Any]],
 ) -> dict[str, Any]:
+    """The value maps, those kept in files of their own read (and added to `files`)."""
     resolved: dict[str, Any] = {}
     for name, table in value_maps.items():
         if isinstance(table, dict) and set(table) == {"file"}:
             table_path = path.parent / str(table["file"])
+            files.append((table_path, _file_state(table_path)))
             table, _ = _load_yaml(table_path)
             if not isinstance(table, dict):
                 raise ConfigError(table_path, None, "expected a mapping of local value -> territorial value")

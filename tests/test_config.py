@@ -155,3 +155,23 @@ def test_an_unknown_site_is_refused(tmp_path: Path) -> None:
     config.write_text('sites = ["ch-test"]\n')
     with pytest.raises(ConfigError, match="site 'ch-nowhere' is not configured; configured: ch-test"):
         load_settings(config).load_sites(["ch-nowhere"])
+
+
+def test_a_mapping_is_read_again_only_when_it_or_its_value_map_file_changed(tmp_path: Path) -> None:
+    """A scheduler (`ght sync run --every`) reads the same mapping files at every run: they are parsed
+    once per process, and again as soon as one of them, or a value-map file it names, changes, even
+    within the file system's timestamp granularity and at the same size."""
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text('infirmier: "60"\n')
+    path = write(tmp_path, GOOD.replace('jobs: {infirmier: "60"}', "jobs: {file: jobs.yaml}"))
+    first = load_site_mapping(path)
+    assert load_site_mapping(path) is first  # unchanged: not parsed again
+    jobs.write_text('infirmier: "10"\n')  # same size, same second
+    second = load_site_mapping(path)
+    assert second is not first and second.value_maps["jobs"] == {"infirmier": "10"}
+    path.write_text(path.read_text().replace("Centre hospitalier de Test", "Centre hospitalier de Tesu"))
+    third = load_site_mapping(path)
+    assert third.site.name == "Centre hospitalier de Tesu" and load_site_mapping(path) is third
+    path.write_text(path.read_text().replace("kind: ldap", "kind: ldapx"))
+    with pytest.raises(ConfigError):  # a broken edit is reported, not hidden by what was read before
+        load_site_mapping(path)
