@@ -307,6 +307,15 @@ class RunContext:
         return cls(config, session.get_bind(), decisions)
 
 
+#: A delta's known accounts, looked up by anchor (built once: a delta looks up every batch it reads).
+_KNOWN_BY_ANCHOR = select(
+    _ACCOUNT.c.id, _ACCOUNT.c.anchor, _ACCOUNT.c.fingerprint, _ACCOUNT.c.person_id, _ACCOUNT.c.state
+).where(_ACCOUNT.c.site == bindparam("site"), _ACCOUNT.c.anchor.in_(bindparam("anchors", expanding=True)))
+_IDS_BY_ANCHOR = select(_ACCOUNT.c.anchor, _ACCOUNT.c.id).where(
+    _ACCOUNT.c.site == bindparam("site"), _ACCOUNT.c.anchor.in_(bindparam("anchors", expanding=True))
+)
+
+
 @dataclass(slots=True)
 class _Known:
     id: int
@@ -354,7 +363,8 @@ class SitePlanner:
         if self._looked_up is not None:
             wanted = sorted({a.anchor for a in accounts} - self._looked_up)
             for chunk in _chunks(wanted, _CHUNK):
-                for row in self.session.execute(self._select_known().where(_ACCOUNT.c.anchor.in_(chunk))):
+                known = self.session.execute(_KNOWN_BY_ANCHOR, {"site": self.site, "anchors": list(chunk)})
+                for row in known:
                     self._known[row.anchor] = _Known(row.id, row.fingerprint, row.person_id, row.state)
             self._looked_up.update(wanted)
         new = [a for a in accounts if not a.deleted and a.anchor not in self._known]
@@ -938,6 +948,11 @@ class _Before:
 
 
 _OTHER = _ACCOUNT.alias("other_account")
+# Only what recomputing the person needs (every column read costs its conversion, a delta reads a
+# row per changed account): the person's derived values, status and provenance, the dates an audit
+# event may quote; the affiliation's values and dates.
+_BEFORE_PERSON = (*PERSON_FIELDS, "status", "provenance", "suspended_at", "deprovisioned_at")
+_BEFORE_AFFILIATION = ("id", *AFFILIATION_FIELDS, "active", "primary", "started_at", "ended_at")
 _BEFORE = (
     select(
         _ACCOUNT.c.id,
@@ -948,8 +963,8 @@ _BEFORE = (
         .where(_OTHER.c.person_id == _ACCOUNT.c.person_id)
         .scalar_subquery()
         .label("accounts"),
-        *(c.label(f"p_{c.name}") for c in _PERSON.c),
-        *(c.label(f"f_{c.name}") for c in _AFFILIATION.c),
+        *(_PERSON.c[name].label(f"p_{name}") for name in _BEFORE_PERSON),
+        *(_AFFILIATION.c[name].label(f"f_{name}") for name in _BEFORE_AFFILIATION),
     )
     .select_from(
         _ACCOUNT.join(_PERSON, _PERSON.c.id == _ACCOUNT.c.person_id).outerjoin(
@@ -959,8 +974,8 @@ _BEFORE = (
     )
     .where(_ACCOUNT.c.id.in_(bindparam("ids", expanding=True)))
 )
-_PERSON_COLUMNS = tuple((f"p_{c.name}", c.name) for c in _PERSON.c)
-_AFFILIATION_COLUMNS = tuple((f"f_{c.name}", c.name) for c in _AFFILIATION.c)
+_PERSON_AT = 4  # where the person's columns start in a _BEFORE row, then the affiliation's
+_AFFILIATION_AT = _PERSON_AT + len(_BEFORE_PERSON)
 
 
 def _read_before(session: Session, actions: list[AccountAction]) -> dict[int, _Before]:
@@ -970,15 +985,14 @@ def _read_before(session: Session, actions: list[AccountAction]) -> dict[int, _B
     before: dict[int, _Before] = {}
     for chunk in _chunks([a.account_id for a in actions if a.account_id is not None], _CHUNK):
         for row in session.execute(_BEFORE, {"ids": list(chunk)}):
-            values = row._mapping
             affiliation = None
-            if values["f_id"] is not None:
-                affiliation = {name: values[label] for label, name in _AFFILIATION_COLUMNS}
-            before[row.id] = _Before(
-                row.attributes or {},
-                row.first_seen_at,
-                row.accounts,
-                {name: values[label] for label, name in _PERSON_COLUMNS},
+            if row[_AFFILIATION_AT] is not None:
+                affiliation = dict(zip(_BEFORE_AFFILIATION, row[_AFFILIATION_AT:], strict=True))
+            before[row[0]] = _Before(
+                row[1] or {},
+                row[2],
+                row[3],
+                dict(zip(_BEFORE_PERSON, row[_PERSON_AT:_AFFILIATION_AT], strict=True)),
                 affiliation,
             )
     return before
@@ -1055,11 +1069,7 @@ def write_audit(session: Session, events: list[dict[str, Any]]) -> None:
 def _account_ids(session: Session, site: str, anchors: list[str]) -> dict[str, int]:
     ids: dict[str, int] = {}
     for chunk in _chunks(anchors, _CHUNK):
-        rows = session.execute(
-            select(_ACCOUNT.c.anchor, _ACCOUNT.c.id).where(
-                _ACCOUNT.c.site == site, _ACCOUNT.c.anchor.in_(chunk)
-            )
-        )
+        rows = session.execute(_IDS_BY_ANCHOR, {"site": site, "anchors": list(chunk)})
         ids.update((anchor, account_id) for anchor, account_id in rows)
     return ids
 

@@ -157,11 +157,13 @@ def _run_sync(
 ) -> list[SiteResult]:
     mappings = check_sites(settings, sites)
     config = settings.correlation
+    reading = ReadingProcess(mappings, settings.professions)
+    ahead = ReadAhead(settings, store, reading, full=full)
+    if mappings and not dry_run:
+        ahead.start(mappings[0], deltas_only=True)  # the server answers while the run gets ready
     with store.session() as session:
         context = RunContext.load(session, config)
     results = []
-    reading = ReadingProcess(mappings, settings.professions)
-    ahead = ReadAhead(settings, store, reading, full=full)
     background = contextlib.ExitStack()
     checkpointing: list[bool] = []
 
@@ -227,7 +229,8 @@ class ReadAhead:
         self._last_run: int | None = None
         self._since: Watermark | None = None  # the watermark a delta started ahead reads from
 
-    def start(self, site: SiteMapping) -> None:
+    def start(self, site: SiteMapping, *, deltas_only: bool = False) -> None:
+        """Start `site`'s read if it can be started ahead (`deltas_only`: only a delta's)."""
         self.close()
         reader = MappedReader(site, self.settings.professions, self.reading)
         with self.store.session() as session:
@@ -244,6 +247,8 @@ class ReadAhead:
         if choice.since is not None and reader.supports_delta:
             if not reader.start_changes(choice.since):
                 return  # a delta that cannot be sent ahead: read inline when its turn comes
+        elif deltas_only:
+            return
         else:
             reader.start()
         self._reader, self._site, self._since = reader, site.code, choice.since

@@ -378,17 +378,18 @@ def test_a_delta_sent_ahead_gives_the_same_directory_as_deltas_read_in_turn(
     in_turn = configure_two(two_sites, tmp_path / "in-turn", f"sqlite:///{tmp_path}/in-turn.db")
     run_sync(*ahead)
     with monkeypatch.context() as patched:
-        patched.setattr(ReadAhead, "start", lambda self, site: None)
+        patched.setattr(ReadAhead, "start", lambda self, site, **options: None)
         run_sync(*in_turn)
     for round_ in (1, 2):
         change_both(two_sites, round_)
         taken.clear()
         results = run_sync(*ahead)
         assert [(r.mode, r.status) for r in results] == [("delta", "succeeded")] * 2
-        assert taken == ["ch-orange"]  # its refresh was sent while Avignon was applied
+        # Avignon's refresh was sent as the run started, Orange's while Avignon was applied.
+        assert taken == [SITE, "ch-orange"]
         assert [(r.created, r.updated, r.closed) for r in results] == [(1, 1, 0), (1, 1, 1)]
         with monkeypatch.context() as patched:
-            patched.setattr(ReadAhead, "start", lambda self, site: None)
+            patched.setattr(ReadAhead, "start", lambda self, site, **options: None)
             assert [r.mode for r in run_sync(*in_turn)] == ["delta", "delta"]
         assert_same_directory(ahead[1], in_turn[1])
 

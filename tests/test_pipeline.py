@@ -59,7 +59,7 @@ def test_sites_read_ahead_give_the_same_directory_as_sites_read_in_turn(
     assert [r.status for r in results] == [RunStatus.SUCCEEDED] * 3
     assert taken == [r.site for r in results[1:]]  # every site after the first was read ahead
 
-    monkeypatch.setattr(sync.ReadAhead, "start", lambda self, site: None)
+    monkeypatch.setattr(sync.ReadAhead, "start", lambda self, site, **options: None)
     in_turn = synthetic_ght(tmp_path / "in-turn")
     in_turn_store = open_store(in_turn.database_url)
     sync.run_sync(in_turn, in_turn_store)
