@@ -889,12 +889,14 @@ def apply_plan(
     closes = list(plan.of(ActionKind.CLOSE))
     before = _read_before(session, updates + closes)
     for chunk in _chunks(updates, _CHUNK):
-        update_rows(
-            session,
-            _ACCOUNT,
-            "account_id",
-            [_account_row(a, now) | {"account_id": a.account_id, "deleted_at": None} for a in chunk],
-        )
+        rows = []
+        for a in chunk:
+            row = _account_row(a, now) | {"account_id": a.account_id, "deleted_at": None}
+            old = before.get(a.account_id) if a.account_id is not None else None
+            if old is not None and old.login == row["login"]:
+                del row["login"]  # an indexed column set to its own value still rewrites its index entry
+            rows.append(row)
+        _update_many(session, _ACCOUNT, "account_id", rows)
     for chunk in _chunks(closes, _CHUNK):
         update_rows(
             session,
@@ -940,6 +942,7 @@ class _Before:
     """An account as it was before the plan changed it, with its person's row, the person's
     affiliation at the account's site, and how many accounts the person has."""
 
+    login: str
     attributes: dict[str, str]
     first_seen_at: datetime
     accounts: int
@@ -956,6 +959,7 @@ _BEFORE_AFFILIATION = ("id", *AFFILIATION_FIELDS, "active", "primary", "started_
 _BEFORE = (
     select(
         _ACCOUNT.c.id,
+        _ACCOUNT.c.login,
         _ACCOUNT.c.attributes,
         _ACCOUNT.c.first_seen_at,
         select(func.count())
@@ -974,7 +978,7 @@ _BEFORE = (
     )
     .where(_ACCOUNT.c.id.in_(bindparam("ids", expanding=True)))
 )
-_PERSON_AT = 4  # where the person's columns start in a _BEFORE row, then the affiliation's
+_PERSON_AT = 5  # where the person's columns start in a _BEFORE row, then the affiliation's
 _AFFILIATION_AT = _PERSON_AT + len(_BEFORE_PERSON)
 
 
@@ -989,9 +993,10 @@ def _read_before(session: Session, actions: list[AccountAction]) -> dict[int, _B
             if row[_AFFILIATION_AT] is not None:
                 affiliation = dict(zip(_BEFORE_AFFILIATION, row[_AFFILIATION_AT:], strict=True))
             before[row[0]] = _Before(
-                row[1] or {},
-                row[2],
+                row[1],
+                row[2] or {},
                 row[3],
+                row[4],
                 dict(zip(_BEFORE_PERSON, row[_PERSON_AT:_AFFILIATION_AT], strict=True)),
                 affiliation,
             )
