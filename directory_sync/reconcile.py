@@ -684,18 +684,21 @@ def derive_person(
     values: dict[str, str | None] = {}
     provenance: dict[str, Any] = {}
     orders: dict[tuple[str, ...], list[_AccountView]] = {}
+    since: dict[int, str] = {}  # each account's date, written once (most people have one account)
     for name in PERSON_FIELDS:
-        rules = tuple(survivorship.attributes.get(name, survivorship.default))
-        if rules not in orders:
-            orders[rules] = _order(accounts, rules, primary_site, survivorship.site_order)
-        source = next((a for a in orders[rules] if a.attributes.get(name)), None)
+        if len(accounts) == 1:
+            ordered = accounts  # whatever the rules: nothing to choose from
+        else:
+            rules = tuple(survivorship.attributes.get(name, survivorship.default))
+            if rules not in orders:
+                orders[rules] = _order(accounts, rules, primary_site, survivorship.site_order)
+            ordered = orders[rules]
+        source = next((a for a in ordered if a.attributes.get(name)), None)
         values[name] = source.attributes[name] if source else None
         if source is not None:
-            provenance[name] = {
-                "site": source.site,
-                "anchor": source.anchor,
-                "since": source.last_changed_at.isoformat(),
-            }
+            if source.id not in since:
+                since[source.id] = source.last_changed_at.isoformat()
+            provenance[name] = {"site": source.site, "anchor": source.anchor, "since": since[source.id]}
     return values, provenance
 
 
