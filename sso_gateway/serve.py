@@ -45,5 +45,6 @@ def serve(
             log_level=log_level,
             log_config=dict_config(log_format, default_level=log_level),
             proxy_headers=True,
+            http="sso_gateway.web.protocol:GatheringHttpToolsProtocol",  # a response in one write
             access_log=False,  # URLs carry codes and states: the audit trail says what matters
         )

@@ -6,6 +6,7 @@ command itself, in fresh processes.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -221,3 +222,46 @@ def test_tokens_are_signed_as_joserfc_signs_and_verify_with_the_published_key(al
     forged[1] = sign_jwt(header, {**claims, "sub": "p2"}, key).split(".")[1]
     with pytest.raises(BadSignatureError):
         jws.deserialize_compact(".".join(forged), public, algorithms=[alg])
+
+
+def test_served_answers_leave_whole_on_kept_and_closed_connections(served: Served) -> None:
+    """`ght gateway serve` gathers a response's writes (sso_gateway/web/protocol.py): on one kept-alive
+    connection every answer arrives whole, in order; on a connection the client closes after its
+    request (`Connection: close`), the answer is sent before the connection is closed."""
+    import socket
+
+    client = served.ght_json("clients", "add", "wire", "--grant", "client_credentials")
+    basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
+    body = b"grant_type=client_credentials"
+    request = (
+        f"POST /token HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {basic}\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", served.gateway.port)) as kept:
+        kept.sendall((request + b"\r\n" + body) * 3)  # three requests at once, one connection
+        raw = b""
+        while len(_responses(raw)) < 3:
+            raw += kept.recv(65536)
+        assert [status for status, _ in _responses(raw)] == [200, 200, 200]
+    with socket.create_connection(("127.0.0.1", served.gateway.port)) as closing:
+        closing.sendall(request + b"Connection: close\r\n\r\n" + body)
+        raw = b""
+        while chunk := closing.recv(65536):  # until the gateway closes the connection
+            raw += chunk
+        [(status, answer)] = _responses(raw)
+        token = json.loads(answer)
+        assert status == 200 and token["token_type"] == "Bearer" and token["access_token"].count(".") == 2
+
+
+def _responses(raw: bytes) -> list[tuple[int, bytes]]:
+    """The complete HTTP/1.1 responses at the start of `raw`: (status, body), by Content-Length."""
+    done = []
+    while b"\r\n\r\n" in raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+        length = int(fields[b"content-length"])
+        if len(rest) < length:
+            break
+        done.append((int(head.split(b" ")[1]), rest[:length]))
+        raw = rest[length:]
+    return done
