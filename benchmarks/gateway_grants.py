@@ -37,6 +37,7 @@ import os
 import platform
 import resource
 import secrets
+import select
 import shutil
 import signal
 import statistics
@@ -66,6 +67,8 @@ from tests.servers.gateway import (  # noqa: E402
 from tests.servers.slapd import free_port  # noqa: E402
 
 PEERS = REPO / "tests" / "oidc_peers"
+#: How long oidc-provider may take to say it listens.
+START_TIMEOUT = 60
 CALLBACK = "http://127.0.0.1:9/cb"  # never contacted: the code is read from the redirect
 LOGIN = "pgarcia"  # the seeded nurse, one active affiliation (no site to pick)
 
@@ -335,17 +338,26 @@ class OidcProvider:
         self.url = f"http://127.0.0.1:{self.port}"
         self.adapter = "postgres" if database_url else "memory"  # `pg` adapter, or its development one
         extra = [database_url.replace("postgresql+psycopg://", "postgresql://")] if database_url else []
+        # What node says if it fails; open as long as the provider runs (closed by `stop`).
+        self.errors = tempfile.TemporaryFile("w+")  # noqa: SIM115
         self.process = subprocess.Popen(
             ["node", str(PEERS / "provider.mjs"), str(self.port), client_id, secret, *extra],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self.errors,
             text=True,
         )
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()
+        ready, _, _ = select.select([self.process.stdout], [], [], START_TIMEOUT)
+        line = self.process.stdout.readline() if ready else ""
         if not line.startswith("{"):
+            self.process.kill()
+            self.process.wait()
+            self.errors.seek(0)
+            said = self.errors.read()[-2000:]
             self.stop()
-            raise RuntimeError(f"oidc-provider did not start: {line!r}")
+            raise RuntimeError(
+                f"oidc-provider ({self.adapter}) did not start within {START_TIMEOUT} s: {line!r} {said}"
+            )
         self.version = json.loads((PEERS / "node_modules/oidc-provider/package.json").read_text())["version"]
 
     def refresh_tokens(self, n: int) -> list[str]:
@@ -356,7 +368,12 @@ class OidcProvider:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.errors.close()
 
 
 def main() -> None:
