@@ -1,4 +1,5 @@
-"""Two gateway processes on one PostgreSQL behave as one (as behind a load balancer).
+"""Two gateway processes on one PostgreSQL behave as one (as behind a load balancer); so do two on one
+SQLite file (as two workers of `ght gateway serve --workers 2`).
 
 A code issued by one is redeemed at the other; a token revoked at one is inactive at the other; a
 logout at one ends the session at the other.
@@ -44,10 +45,18 @@ class Pair:
     url: str
 
 
-@pytest.fixture(scope="module")
-def pair(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """Two processes on one PostgreSQL database (gateways behind a load balancer), or on one SQLite
+    file (two workers of one host: each answers refreshes on a connection of its own, sso_gateway/
+    oauth/fastpath.py, that never waits for the other's write lock on the event loop)."""
     tmp = tmp_path_factory.mktemp("pg")
-    url = postgres_server.create_database()
+    postgres_server: PostgresServer | None = None
+    if request.param == "postgresql":
+        postgres_server = request.getfixturevalue("postgres_server")
+        url = postgres_server.create_database()
+    else:
+        url = f"sqlite:///{tmp}/ght.db"
     seed_directory(open_store(url))
     port = free_port()
     config = write_config(tmp, url, f"http://127.0.0.1:{port}", mappings_dir=REPO / "mappings")
@@ -65,7 +74,8 @@ def pair(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFacto
     finally:
         one.stop()
         two.stop()
-        postgres_server.drop_database(url.rsplit("/", 1)[1])
+        if postgres_server is not None:
+            postgres_server.drop_database(url.rsplit("/", 1)[1])
 
 
 def test_two_processes_share_codes_tokens_and_sessions(pair: Pair) -> None:
