@@ -121,29 +121,12 @@ class LdapConnector:
     # -- reading ------------------------------------------------------------------------------------
 
     def _search_once(
-        self,
-        conn: ldap3.Connection,
-        base: str,
-        search_filter: str,
-        attributes: list[str],
-        *,
-        scope: str = ldap3.SUBTREE,
-        controls: list[tuple[str, bool, bytes | None]] | None = None,
-        dereference_aliases: str = ldap3.DEREF_ALWAYS,
-        size_limit: int = 0,
+        self, conn: ldap3.Connection, base: str, search_filter: str, attributes: list[str], **options: Any
     ) -> int:
-        """One unpaged search: its LDAP result code (entries in `conn.response`, controls in
-        `conn.result`). Raises SourceReadIncomplete when the server did not answer."""
-        message_id = self._send_search(
-            conn,
-            base,
-            search_filter,
-            attributes,
-            scope=scope,
-            controls=controls,
-            dereference_aliases=dereference_aliases,
-            size_limit=size_limit,
-        )
+        """One unpaged search (`options`: those of `_send_search`): its LDAP result code (entries in
+        `conn.response`, controls in `conn.result`). Raises SourceReadIncomplete when the server did
+        not answer."""
+        message_id = self._send_search(conn, base, search_filter, attributes, **options)
         return self._search_answer(conn, message_id)
 
     def _send_search(

@@ -34,6 +34,34 @@ def insert_rows(bind: Session | Connection, table: Table, rows: Sequence[Mapping
     defaults = {name: _default(table, name) for name in order if name not in names}
     if defaults:
         rows = [{**defaults, **row} for row in rows]
+    _execute(connection, table, sql, positional, order, processors, rows)
+
+
+def update_rows(
+    bind: Session | Connection, table: Table, key: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """UPDATE `table` SET the other columns of each row WHERE its id is `row[key]`, in the caller's
+    transaction, through the driver's `executemany` (as `insert_rows`). Every row has the same keys."""
+    if not rows:
+        return
+    connection = bind.connection() if isinstance(bind, Session) else bind
+    dialect = connection.dialect
+    names = tuple(rows[0])
+    sql, positional, order, processors = _update_statement(table, key, names, dialect)
+    _execute(connection, table, sql, positional, order, processors, rows)
+
+
+def _execute(
+    connection: Connection,
+    table: Table,
+    sql: str,
+    positional: bool,
+    order: tuple[str, ...],
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...],
+    rows: Sequence[Mapping[str, Any]],
+) -> None:
+    """`sql` through the driver's `executemany`: each row's values in `order`, those at the positions
+    of `processors` converted by them (remembering repeated values: `_converter`)."""
     values = operator.itemgetter(*order)
     converters = [(i, _converter(processor)) for i, processor in processors]
     try:
@@ -54,32 +82,16 @@ def insert_rows(bind: Session | Connection, table: Table, rows: Sequence[Mapping
     connection.exec_driver_sql(sql, parameters)
 
 
-def update_rows(
-    bind: Session | Connection, table: Table, key: str, rows: Sequence[Mapping[str, Any]]
-) -> None:
-    """UPDATE `table` SET the other columns of each row WHERE its id is `row[key]`, in the caller's
-    transaction, through the driver's `executemany` (as `insert_rows`). Every row has the same keys."""
-    if not rows:
-        return
-    connection = bind.connection() if isinstance(bind, Session) else bind
-    dialect = connection.dialect
-    names = tuple(rows[0])
-    sql, positional, order, processors = _update_statement(table, key, names, dialect)
-    values = operator.itemgetter(*order)
-    converters = [(i, _converter(processor)) for i, processor in processors]
-    try:
-        parameters: list[Any] = [values(row) for row in rows]
-    except KeyError as missing:
-        raise ValueError(f"{table.name}: every row needs the same columns, one lacks {missing}") from None
-    if converters:
-        for n, raw in enumerate(parameters):
-            row_values = list(raw)
-            for i, convert in converters:
-                row_values[i] = convert(row_values[i])
-            parameters[n] = tuple(row_values)
-    if not positional:
-        parameters = [dict(zip(order, row_values, strict=True)) for row_values in parameters]
-    connection.exec_driver_sql(sql, parameters)
+def _processors(
+    table: Table, order: tuple[str, ...], dialect: Dialect, skip: str | None = None
+) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+    """The bind processors of the columns in `order` that have one (but `skip`), by position."""
+    return tuple(
+        (i, processor)
+        for i, name in enumerate(order)
+        if name != skip
+        and (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -95,13 +107,7 @@ def _update_statement(
     order = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.params)
     if sorted(order) != sorted(names):
         raise ValueError(f"{table.name}: unexpected parameters {order} for {names}")
-    processors = tuple(
-        (i, processor)
-        for i, name in enumerate(order)
-        if name != key
-        and (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
-    )
-    return compiled.string, compiled.positional, order, processors
+    return compiled.string, compiled.positional, order, _processors(table, order, dialect, skip=key)
 
 
 @functools.lru_cache(maxsize=256)
@@ -115,12 +121,7 @@ def _statement(
         raise ValueError(f"{table.name}: no column {', '.join(unknown)}")
     compiled = insert(table).compile(dialect=dialect, column_keys=list(names))
     order = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.params)
-    processors = tuple(
-        (i, processor)
-        for i, name in enumerate(order)
-        if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
-    )
-    return compiled.string, compiled.positional, order, processors
+    return compiled.string, compiled.positional, order, _processors(table, order, dialect)
 
 
 def _default(table: Table, name: str) -> Any:

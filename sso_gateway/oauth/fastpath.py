@@ -24,10 +24,12 @@ rotated, which is a reuse, and revokes the grant.
 Connections: a small pool of psycopg `AsyncConnection`s per worker process and event loop, in
 autocommit mode (each statement is its own transaction; prepared on the server).
 
-SQLite (no asynchronous driver; a write may wait for the other process's lock): the same checks and
-statements, as SQLAlchemy Core statements built once, in one worker thread (one hop): the read, the
-signing, then the claim (`UPDATE ... WHERE rotated_at IS NULL AND revoked_at IS NULL AND <grant stands
-and person active>`) and the insert in one transaction.
+SQLite (no asynchronous driver): the same checks and statements through the DB-API, on a connection of
+the event loop's own that never waits for a lock (`busy_timeout=0`): the read, the signing, then
+`BEGIN IMMEDIATE`, the claim (`UPDATE ... WHERE rotated_at IS NULL AND revoked_at IS NULL AND <grant
+stands and person active>`) and the insert. While another connection holds the write lock, the claim
+is tried again after a few milliseconds, then made in a worker thread that waits for the lock (a sync
+writing); a read that finds the database busy is handed back to Authlib's path.
 """
 
 from __future__ import annotations
@@ -142,7 +144,6 @@ class _Issued(dict[str, Any]):
         self.jti = jti
 
 
-_BUSY = object()
 #: Commits of an event loop's SQLite connection between two checkpoints of the write-ahead log (a
 #: refresh writes a few pages: about the 10,000 pages after which the store's connections checkpoint).
 CHECKPOINT_EVERY = 2_000
@@ -152,13 +153,12 @@ CHECKPOINT_EVERY = 2_000
 LOOP_RETRY_PAUSES = (0, 0.0005, 0.001, 0.002, 0.004, 0.008)
 
 
-def _sqlite_claim(raw: Any, params: tuple[Any, ...], *, immediately: bool = False) -> bool:
+def _sqlite_claim(raw: Any, params: tuple[Any, ...]) -> bool:
     """Claim the old refresh token and record the new tokens, in one transaction; False (nothing
-    written) if the claim found nothing to claim. `immediately`: take the write lock first (with
-    `busy_timeout=0`, a busy database raises at once, before anything is done)."""
+    written) if the claim found nothing to claim. The write lock is taken first: on the loop's
+    connection (`busy_timeout=0`) a busy database raises at once, before anything is done."""
     try:
-        if immediately:
-            raw.execute("BEGIN IMMEDIATE")
+        raw.execute("BEGIN IMMEDIATE")
         if raw.execute(_SQLITE_CLAIM, params[:3]).rowcount != 1:
             raw.rollback()
             return False
@@ -309,39 +309,34 @@ class RefreshFastPath:
 
     async def _sqlite_refresh(self, client: Client, old_hash: str) -> OAuthResponse | None:
         """The SQLite variant: on this event loop's own connection while the database's write lock is
-        free (no thread hop), else in a worker thread that waits for the lock (`_sqlite_grant`)."""
+        free (no thread hop), else in a worker thread that waits for the lock (`_sqlite_pooled_claim`)."""
         if self._sqlite_values is None:
             self._sqlite_values = _SQLiteValues(self.server.store.engine.dialect)
         own = self._loop_connection()
         try:
             found = own.execute(_SQLITE_READ, (old_hash,)).fetchone()
-        except sqlite3.OperationalError:  # busy (rare in WAL mode): in a thread, which may wait
-            found = _BUSY
-        if found is _BUSY:
-            issued = await anyio.to_thread.run_sync(
-                self._sqlite_grant, client, old_hash, limiter=self._sqlite_limiter()
+        except sqlite3.OperationalError:  # busy (rare in WAL mode): Authlib's path reads in a thread
+            return None
+        issued = self._issue(client, self._sqlite_values.row(found)) if found is not None else None
+        if issued is None:
+            return None
+        params = self._sqlite_params(old_hash, issued, found, client.client_id)
+        claimed = None
+        for pause in LOOP_RETRY_PAUSES:
+            try:
+                claimed = _sqlite_claim(own, params)
+            except sqlite3.OperationalError:  # another connection holds the write lock
+                await asyncio.sleep(pause)  # the other worker's few statements, or a longer write
+                continue
+            self._after_loop_commit()
+            break
+        if claimed is None:  # a long write (a sync): wait for it in a thread
+            claimed = await anyio.to_thread.run_sync(
+                self._sqlite_pooled_claim, params, limiter=self._sqlite_limiter()
             )
-        else:
-            issued = self._issue(client, self._sqlite_values.row(found)) if found is not None else None
-            if issued is None:
-                return None
-            params = self._sqlite_params(old_hash, issued, found, client.client_id)
-            claimed = None
-            for pause in LOOP_RETRY_PAUSES:
-                try:
-                    claimed = _sqlite_claim(own, params, immediately=True)
-                except sqlite3.OperationalError:  # another connection holds the write lock
-                    await asyncio.sleep(pause)  # the other worker's few statements, or a longer write
-                    continue
-                self._after_loop_commit()
-                break
-            if claimed is None:  # a long write (a sync): wait for it in a thread
-                claimed = await anyio.to_thread.run_sync(
-                    self._sqlite_pooled_claim, params, limiter=self._sqlite_limiter()
-                )
-            if not claimed:
-                return None  # used, revoked or suspended meanwhile: Authlib's path finds out which
-        return OAuthResponse(200, issued, list(TOKEN_HEADERS)) if issued is not None else None
+        if not claimed:
+            return None  # used, revoked or suspended meanwhile: Authlib's path finds out which
+        return OAuthResponse(200, issued, list(TOKEN_HEADERS))
 
     def _loop_connection(self) -> Any:
         """This event loop's SQLite connection: it never waits for a lock (`busy_timeout=0`: a busy
@@ -378,22 +373,6 @@ class RefreshFastPath:
             log.warning("refresh fast path: checkpoint failed: %s", exc)
         finally:
             self._checkpointing = False
-
-    def _sqlite_grant(self, client: Client, old_hash: str) -> dict[str, Any] | None:
-        """The whole SQLite variant in a worker thread, on a pooled connection (busy: waits)."""
-        values = self._sqlite_values
-        assert values is not None
-        raw = self.server.store.engine.raw_connection()
-        try:
-            found = raw.execute(_SQLITE_READ, (old_hash,)).fetchone()
-            token = self._issue(client, values.row(found)) if found is not None else None
-            if token is None:
-                return None
-            if not _sqlite_claim(raw, self._sqlite_params(old_hash, token, found, client.client_id)):
-                return None
-        finally:
-            raw.close()  # back to the pool
-        return token
 
     def _sqlite_pooled_claim(self, params: tuple[Any, ...]) -> bool:
         raw = self.server.store.engine.raw_connection()
