@@ -32,7 +32,7 @@ from directory_sync.people import get_person, restore_person, search_people
 from directory_sync.reconcile import RunContext
 from directory_sync.schedule import parse_interval, run_every
 from directory_sync.store import Store, open_store
-from directory_sync.sync import SiteResult, check_sites, last_runs, run_sync
+from directory_sync.sync import KeptRuns, SiteResult, check_sites, last_runs, run_sync
 
 HERE = Path(__file__).resolve().parent
 DEMO_CONFIG = HERE / "deploy" / "demo" / "ght.toml"
@@ -210,11 +210,31 @@ def sync_run(
     if every is not None:
         _sync_every(ctx, parse_interval(every), site, dry_run, allow_deletes, full, as_json, metrics_file)
         return
-    settings = _settings(ctx)
+    _sync_once(_settings(ctx), None, site, dry_run, allow_deletes, full, as_json, metrics_file)
+
+
+def _sync_once(
+    settings: Settings,
+    kept: KeptRuns | None,
+    site: list[str] | None,
+    dry_run: bool,
+    allow_deletes: int,
+    full: bool,
+    as_json: bool,
+    metrics_file: Path | None,
+) -> None:
+    """One `ght sync run` (`kept`: what a scheduler keeps from its earlier runs)."""
     check_sites(settings, site)
-    store = open_store(settings.database_url)
+    store = kept.store(settings.database_url) if kept is not None else open_store(settings.database_url)
     results = _run_with_progress(
-        settings, store, site, dry_run, quiet=as_json, allow_closures=allow_deletes, full=full
+        settings,
+        store,
+        site,
+        dry_run,
+        quiet=as_json,
+        allow_closures=allow_deletes,
+        full=full,
+        reading=kept.reading if kept is not None else None,
     )
     if metrics_file is not None:
         _write_metrics(metrics_file, store, settings)
@@ -274,22 +294,16 @@ def _sync_every(
     def once() -> None:
         err.print(f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC: sync run")
         try:
-            sync_run(
-                ctx,
-                site=site,
-                dry_run=dry_run,
-                allow_deletes=allow_deletes,
-                full=full,
-                as_json=as_json,
-                metrics_file=metrics_file,
-            )
+            # The configuration is read again for every run: an edited mapping is used at the next.
+            _sync_once(_settings(ctx), kept, site, dry_run, allow_deletes, full, as_json, metrics_file)
         except typer.Exit:
             pass  # the failures are printed; the schedule goes on
         except GhtError as exc:
             err.print(f"error: {exc}", markup=False)
         sys.stdout.flush()
 
-    runs = run_every(interval, once, stop)
+    with KeptRuns() as kept:  # the store, its checkpoints and the reading process, from run to run
+        runs = run_every(interval, once, stop)
     err.print(f"stopped after {runs} run(s)")
 
 

@@ -50,7 +50,7 @@ from .reconcile import (
     closure_threshold_problem,
     deprovision_expired,
 )
-from .store import RunStatus, Store, SyncRun, sa_table, utcnow
+from .store import RunStatus, Store, SyncRun, open_store, sa_table, utcnow
 
 _RUN = sa_table(SyncRun)
 
@@ -136,14 +136,62 @@ def run_sync(
     allow_closures: int = 0,
     progress: Progress | None = None,
     full: bool = False,
+    reading: ReadingProcess | None = None,
 ) -> list[SiteResult]:
     """Sync every selected site (all configured ones by default), one after the other.
 
     Sites share one `RunContext`: people created or linked at one site are candidates at the next.
-    Then people suspended for longer than the grace period are deprovisioned.
+    Then people suspended for longer than the grace period are deprovisioned. `reading`: a reading
+    process kept from run to run (see `KeptRuns`); by default the run forks its own, when it reads.
     """
     with _collector_paused():
-        return _run_sync(settings, store, sites, dry_run, allow_closures, progress, full)
+        return _run_sync(settings, store, sites, dry_run, allow_closures, progress, full, reading)
+
+
+class KeptRuns:
+    """What a long-lived scheduler (`ght sync run --every`) keeps from one run to the next, so that a
+    quiet run costs little and a delta costs what it changes, not what the process must set up:
+
+    - the store: SQLAlchemy's compiled statements and the pooled connections (opened again only when
+      the configuration names another database);
+    - its background checkpoints (`Store.checkpoints_in_background`), open for as long as the store:
+      a run's last commits are checkpointed while the scheduler waits for the next run;
+    - the reading process, forked once (`pipeline.ReadingProcess.use`), whose delta connections stay
+      bound between runs.
+    """
+
+    def __init__(self) -> None:
+        self.reading = ReadingProcess()
+        self._store: Store | None = None
+        self._url: str | None = None
+        self._held = contextlib.ExitStack()
+
+    def store(self, url: str) -> Store:
+        if self._store is None or url != self._url:
+            self._release_store()
+            self._store, self._url = open_store(url), url
+            self._held.enter_context(self._store.checkpoints_in_background())
+        return self._store
+
+    def run(self, settings: Settings, **options: Any) -> list[SiteResult]:
+        """`run_sync` on the configured store, with what was kept."""
+        return run_sync(settings, self.store(settings.database_url), reading=self.reading, **options)
+
+    def close(self) -> None:
+        self.reading.close()
+        self._release_store()
+
+    def _release_store(self) -> None:
+        self._held.close()  # the last checkpoint
+        if self._store is not None:
+            self._store.engine.dispose()
+        self._store = self._url = None
+
+    def __enter__(self) -> KeptRuns:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def _run_sync(
@@ -154,26 +202,22 @@ def _run_sync(
     allow_closures: int,
     progress: Progress | None,
     full: bool,
+    kept: ReadingProcess | None,
 ) -> list[SiteResult]:
     mappings = check_sites(settings, sites)
     config = settings.correlation
-    reading = ReadingProcess(mappings, settings.professions)
+    reading = kept or ReadingProcess()
+    reading.use(mappings, settings.professions)
     ahead = ReadAhead(settings, store, reading, full=full)
     if mappings and not dry_run:
-        ahead.start(mappings[0], deltas_only=True)  # the server answers while the run gets ready
+        ahead.start(mappings[0])  # read while the run gets ready
     with store.session() as session:
         context = RunContext.load(session, config)
     results = []
     background = contextlib.ExitStack()
-    checkpointing: list[bool] = []
-
-    def large_plan() -> None:
-        # From the first large plan on (a first run, a full read after a big change), the log's
-        # checkpoints are done beside the next sites' reads; a delta's commits keep SQLite's own.
-        if not checkpointing:
-            background.enter_context(store.checkpoints_in_background())
-            checkpointing.append(True)
-
+    # The log's checkpoints are done beside the run's work, never inside a site's commit: writing
+    # the pages back and syncing the file took a delta's commits 40% of its time every other run.
+    background.enter_context(store.checkpoints_in_background())
     try:
         for index, site in enumerate(mappings):
             result = sync_site(
@@ -187,7 +231,6 @@ def _run_sync(
                 full=full,
                 ahead=ahead,
                 following=mappings[index + 1] if index + 1 < len(mappings) else None,
-                large_plan=large_plan,
             )
             if not result.ok and not dry_run:
                 with store.session() as session:  # forget what the failed site's plan put in the index
@@ -195,7 +238,8 @@ def _run_sync(
             results.append(result)
     finally:
         ahead.close()
-        reading.close()
+        if kept is None:
+            reading.close()
         background.close()
     if not dry_run:
         with store.session() as session:
@@ -204,22 +248,16 @@ def _run_sync(
     return results
 
 
-#: A plan of this many actions or more is "large": from then on the run checkpoints SQLite's log in the
-#: background (`Store.checkpoints_in_background`). A delta of 1% of 100,000 accounts is about 1,000.
-LARGE_PLAN = 5_000
-
-
 class ReadAhead:
     """The next site's read, started while this one applies the current site.
 
-    Applying a site's plan (SQL, then the commit) left the other core idle. For a full read, the run's
-    reading process now reads and maps the next site in the meantime, and keeps what it read until
-    asked. For a delta read from a syncrepl cookie, the refresh is sent to the server, which prepares
-    its answer meanwhile (the answer is read and decoded here, when the site's turn comes). A read
-    started ahead is used only if it is still the read the site's run would start: the same kind of
-    read (full, or a delta from the same watermark), and no other run of the site started in between
-    (that run may have read a newer state of the source than ours: the read is then done again, under
-    the lock). When a run of the site is under way elsewhere, nothing is read ahead.
+    Applying a site's plan (SQL, then the commit) left the other core idle. The run's reading process
+    now reads and maps the next site in the meantime, whole or only what changed since its watermark,
+    and keeps what it read until asked. A read started ahead is used only if it is still the read the
+    site's run would start: the same kind of read (full, or a delta from the same watermark), and no
+    other run of the site started in between (that run may have read a newer state of the source than
+    ours: the read is then done again, under the lock). When a run of the site is under way
+    elsewhere, nothing is read ahead.
     """
 
     def __init__(self, settings: Settings, store: Store, reading: ReadingProcess, *, full: bool) -> None:
@@ -229,8 +267,8 @@ class ReadAhead:
         self._last_run: int | None = None
         self._since: Watermark | None = None  # the watermark a delta started ahead reads from
 
-    def start(self, site: SiteMapping, *, deltas_only: bool = False) -> None:
-        """Start `site`'s read if it can be started ahead (`deltas_only`: only a delta's)."""
+    def start(self, site: SiteMapping) -> None:
+        """Start `site`'s read, unless a run of the site is under way elsewhere."""
         self.close()
         reader = MappedReader(site, self.settings.professions, self.reading)
         with self.store.session() as session:
@@ -244,13 +282,7 @@ class ReadAhead:
                 full=self.full,
                 kind=site.connection.kind,
             )
-        if choice.since is not None and reader.supports_delta:
-            if not reader.start_changes(choice.since):
-                return  # a delta that cannot be sent ahead: read inline when its turn comes
-        elif deltas_only:
-            return
-        else:
-            reader.start()
+        reader.start(choice.since if reader.supports_delta else None)
         self._reader, self._site, self._since = reader, site.code, choice.since
         self._last_run = latest.id if latest else None
 
@@ -318,7 +350,6 @@ def sync_site(
     full: bool = False,
     ahead: ReadAhead | None = None,
     following: SiteMapping | None = None,
-    large_plan: Callable[[], None] | None = None,
 ) -> SiteResult:
     """Sync one site under its run lock (a dry run, which writes nothing, takes none). With `ahead`,
     the site's read may have been started while the site before it was applied, and `following`'s
@@ -329,7 +360,6 @@ def sync_site(
         "full": full,
         "ahead": ahead,
         "following": following,
-        "large_plan": large_plan,
     }
     if dry_run:
         return _sync_site(site, settings, store, context, dry_run=True, **options)
@@ -353,7 +383,6 @@ def _sync_site(
     full: bool,
     ahead: ReadAhead | None,
     following: SiteMapping | None,
-    large_plan: Callable[[], None] | None,
 ) -> SiteResult:
     reader = MappedReader(site, settings.professions, ahead.reading if ahead else None)
     started = time.monotonic()
@@ -427,8 +456,6 @@ def _sync_site(
         if not dry_run:
             if ahead is not None and following is not None:
                 ahead.start(following)  # read (or asked for) while this site is applied (see ReadAhead)
-            if large_plan is not None and len(plan.actions) >= LARGE_PLAN:
-                large_plan()
             session.commit()  # planning only read: the changes start from what is committed now
             now = utcnow()
             applied = apply_plan(

@@ -9,18 +9,20 @@ and the run says so.
 from __future__ import annotations
 
 import base64
-import socket
 from pathlib import Path
 from typing import Any
 
 import ldap3
 import pytest
+import yaml
 from pyasn1.codec.ber import encoder
 from pyasn1.error import PyAsn1Error
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlmodel import col
 
 from directory_sync.config import Settings, load_settings
+from directory_sync.connectors import open_connector
+from directory_sync.connectors.ldap import LdapConnector
 from directory_sync.connectors.syncrepl import (
     _SyncInfoValue,
     _SyncStateValue,
@@ -29,8 +31,8 @@ from directory_sync.connectors.syncrepl import (
 )
 from directory_sync.pipeline import ReadingProcess
 from directory_sync.reconcile import RunContext
-from directory_sync.store import SiteWatermark, Store, open_store
-from directory_sync.sync import ReadAhead, SiteResult, run_sync, sync_site
+from directory_sync.store import Account, SiteWatermark, Store, open_store
+from directory_sync.sync import KeptRuns, ReadAhead, SiteResult, run_sync, sync_site
 from tests.ad_sites import active_logins, assert_same_directory, password_file
 from tests.hospitals import ldap_connection, person, rpps, suffix_ldif, write_config, write_site
 from tests.servers.slapd import SlapdServer, Suffix
@@ -434,21 +436,90 @@ def test_a_delta_sent_ahead_is_dropped_when_another_run_of_the_site_came_in_betw
     }
 
 
-def test_a_delta_whose_answer_was_lost_while_it_waited_is_asked_again(
+# -- a scheduler's runs (`ght sync run --every`): what is kept from one run to the next --------------
+
+
+def _departments(store: Store, site: str) -> dict[str, str]:
+    with store.session() as session:
+        rows = session.execute(select(Account.login, Account.attributes).where(col(Account.site) == site))
+        return {login: attributes.get("department", "") for login, attributes in rows}
+
+
+def test_a_scheduler_keeps_its_reading_process_and_sees_an_edited_mapping(
     two_sites: SlapdServer, tmp_path: Path
 ) -> None:
-    settings, store = configure_two(two_sites, tmp_path, f"sqlite:///{tmp_path}/ght.db")
-    run_sync(settings, store)
-    change_both(two_sites, 1)
-    ahead = _sent_ahead(settings, store, "ch-orange")
-    assert ahead._reader is not None
-    started = ahead._reader.connector._started  # type: ignore[attr-defined]
-    started.conn.socket.shutdown(socket.SHUT_RDWR)  # the connection is lost before the answer is read
+    """The reading process is forked once and serves the following runs; when a mapping file is
+    edited, the next run reads with the new mapping (a process that knew the old one is replaced)."""
+    settings, _ = configure_two(two_sites, tmp_path, f"sqlite:///{tmp_path}/ght.db")
+    with KeptRuns() as kept:
+        assert [r.mode for r in kept.run(settings)] == ["full", "full"]
+        worker = kept.reading._worker
+        assert worker is not None and worker.is_alive()
+        change_both(two_sites, 1)
+        settings = load_settings(tmp_path / "ght.toml")  # as the scheduler does before every run
+        results = kept.run(settings)
+        assert [(r.mode, r.created, r.updated) for r in results] == [("delta", 1, 1), ("delta", 1, 1)]
+        assert kept.reading._worker is worker  # the same process read both runs
+        assert _departments(kept.store(settings.database_url), SITE)["mhdupont"] == "Service 1"
 
-    result = _run_site(settings, store, "ch-orange", ahead)
-    assert (result.mode, result.created, result.updated, result.closed) == ("delta", 1, 1, 1)
-    assert active_logins(store, "ch-orange") == {
-        "pgarcia": "enabled",
-        "nouveau1": "enabled",
-        "tsimon": "enabled",
-    }
+        mapping = tmp_path / "mappings" / f"{SITE}.yaml"
+        document = yaml.safe_load(mapping.read_text(encoding="utf-8"))
+        document["attributes"]["department"] = {"from": "ou", "transforms": ["lower"]}
+        mapping.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+        change_both(two_sites, 2)
+        settings = load_settings(tmp_path / "ght.toml")
+        # Avignon's mapping changed: its watermark no longer holds (see `delta.mapping_scope`).
+        assert [r.mode for r in kept.run(settings)] == ["full", "delta"]
+        assert kept.reading._worker is not worker  # the mapping changed: a new reading process
+        assert _departments(kept.store(settings.database_url), SITE)["mhdupont"] == "service 2"
+
+
+def test_a_schedulers_bound_connection_lost_to_a_server_restart_is_replaced(
+    two_sites: SlapdServer, tmp_path: Path
+) -> None:
+    """Between runs the reading process keeps each site's delta connection bound. After slapd restarted
+    (every connection closed), the next run opens new ones and reads the changes: nothing is lost, and
+    the directory is the one a fresh run gives."""
+    settings, _ = configure_two(two_sites, tmp_path, f"sqlite:///{tmp_path}/ght.db")
+    fresh = configure_two(two_sites, tmp_path / "fresh", f"sqlite:///{tmp_path}/fresh.db")
+    with KeptRuns() as kept:
+        kept.run(settings)
+        run_sync(*fresh)
+        change_both(two_sites, 1)
+        assert [r.mode for r in kept.run(settings)] == ["delta", "delta"]
+        worker = kept.reading._worker
+        two_sites.stop()
+        two_sites.start()
+        change_both(two_sites, 2)
+        results = kept.run(settings)
+        assert [(r.mode, r.status, r.created, r.closed) for r in results] == [
+            ("delta", "succeeded", 1, 0),
+            ("delta", "succeeded", 1, 1),
+        ]
+        assert kept.reading._worker is worker
+        # (full: slapd's session log started empty, it cannot answer the fresh side's older cookie)
+        assert all(r.ok for r in run_sync(*fresh))
+        assert_same_directory(kept.store(settings.database_url), fresh[1])
+    assert worker is not None and not worker.is_alive()  # ended with the scheduler
+
+
+def test_a_connector_keeping_its_connection_reads_its_deltas_on_it(
+    avignon: SlapdServer, tmp_path: Path
+) -> None:
+    settings, _ = configure(avignon, tmp_path, f"sqlite:///{tmp_path}/ght.db")
+    connector = open_connector(settings.load_sites()[0])
+    assert isinstance(connector, LdapConnector)
+    connector.keep_connection = True
+    list(connector.read_all())
+    since = connector.watermark
+    assert since is not None
+    list(connector.read_changes(since))
+    kept = connector._kept
+    assert kept is not None and kept.bound
+    with admin(avignon) as conn:
+        conn.modify(f"uid=cpetit,{PEOPLE}", {"ou": [(ldap3.MODIFY_REPLACE, ["Pédiatrie"])]})
+    changed = list(connector.read_changes(since))
+    assert [r.anchor for r in changed] and all(r.attributes.get("ou") == ["Pédiatrie"] for r in changed)
+    assert connector._kept is kept  # the same bound connection, not a new bind
+    connector.close()
+    assert connector._kept is None and kept.closed

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -228,3 +230,30 @@ def test_a_sync_checkpoints_the_write_ahead_log_in_the_background(tmp_path: Path
     shutil.copyfile(tmp_path / "ght.db", tmp_path / "copy.db")
     with sqlite3.connect(tmp_path / "copy.db") as copy:
         assert copy.execute("select count(*) from site").fetchone() == (3,)
+
+
+def test_background_checkpoints_nest_for_a_scheduler_holding_them_across_runs(tmp_path: Path) -> None:
+    """A scheduler holds the block for its whole life; a run's own block inside it changes nothing, so
+    the run's last commits are checkpointed while the scheduler waits, not at the end of the run."""
+    store = open_store(f"sqlite:///{tmp_path}/ght.db")
+
+    def autocheckpoint() -> int:
+        with store.engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+
+    with store.checkpoints_in_background():
+        for run in range(2):
+            with store.checkpoints_in_background(), store.session() as session:
+                session.add(Site(code=f"ch-{run}", name="x" * 100_000, finess="840000087"))
+                session.commit()
+            assert autocheckpoint() == 0  # still the scheduler's: the commits still leave it to the thread
+        deadline = time.monotonic() + 10
+        while True:  # the thread copies the log into the file by itself, while nothing runs
+            shutil.copyfile(tmp_path / "ght.db", tmp_path / "copy.db")
+            with sqlite3.connect(tmp_path / "copy.db") as copy, contextlib.suppress(sqlite3.DatabaseError):
+                # (a copy taken while the thread writes the file may be torn: it is taken again)
+                if copy.execute("select count(*) from site").fetchone() == (2,):
+                    break
+            assert time.monotonic() < deadline, "the log was not checkpointed in the background"
+            time.sleep(0.05)
+    assert autocheckpoint() == 10_000

@@ -232,10 +232,6 @@ class ActiveDirectoryConnector(LdapConnector):
 
     # -- delta read -------------------------------------------------------------------------------------
 
-    def start_changes(self, since: Watermark) -> bool:
-        """Nothing to send ahead: a delta's searches each depend on the answer to the one before."""
-        return False
-
     def read_changes(self, since: Watermark) -> Iterator[SourceRecord]:
         self.watermark, self.no_watermark_reason = None, None
         if since.kind != WATERMARK_KIND:

@@ -22,7 +22,7 @@ from ldap3.utils.asn1 import decode_message_fast
 
 from ..config import LdapConnection
 from ..delta import Watermark
-from ..errors import SourceReadIncomplete, SourceUnavailable, SyncError
+from ..errors import SourceReadIncomplete, SourceUnavailable
 from ..records import SourceRecord
 from . import ber, syncrepl
 
@@ -35,6 +35,9 @@ _NOT_LAST = frozenset({"searchResEntry", "searchResRef", "intermediateResponse"}
 class LdapConnector:
     #: Decoders of binary attributes (lower-case name -> text); other values are UTF-8, else hex.
     value_decoders: Mapping[str, Callable[[bytes], str]] = {}
+    #: Keep a delta read's connection bound for the next one (a scheduler's reading process does: its
+    #: connectors live from run to run); `close` unbinds it.
+    keep_connection = False
 
     def __init__(self, site: str, connection: LdapConnection, attributes: list[str]) -> None:
         self.site = site
@@ -45,7 +48,7 @@ class LdapConnector:
         #: Where the next delta starts (see DeltaConnector), set when a read completed.
         self.watermark: Watermark | None = None
         self.no_watermark_reason: str | None = None
-        self._started: syncrepl.StartedRefresh | None = None  # see start_changes
+        self._kept: ldap3.Connection | None = None  # bound, for the next delta read (keep_connection)
 
     @property
     def url(self) -> str:
@@ -121,15 +124,6 @@ class LdapConnector:
     # -- reading ------------------------------------------------------------------------------------
 
     def _search_once(
-        self, conn: ldap3.Connection, base: str, search_filter: str, attributes: list[str], **options: Any
-    ) -> int:
-        """One unpaged search (`options`: those of `_send_search`): its LDAP result code (entries in
-        `conn.response`, controls in `conn.result`). Raises SourceReadIncomplete when the server did
-        not answer."""
-        message_id = self._send_search(conn, base, search_filter, attributes, **options)
-        return self._search_answer(conn, message_id)
-
-    def _send_search(
         self,
         conn: ldap3.Connection,
         base: str,
@@ -141,12 +135,11 @@ class LdapConnector:
         dereference_aliases: str = ldap3.DEREF_ALWAYS,
         size_limit: int = 0,
     ) -> int:
-        """Send an unpaged search without waiting for its answer (read by `_search_answer`): its message
-        id. Raises SourceReadIncomplete when it could not be sent."""
+        """One unpaged search: its LDAP result code (entries in `conn.response`, controls in
+        `conn.result`). Raises SourceReadIncomplete when the server did not answer."""
         timeout = self.connection.timeout
-        conn.post_send_search = int  # ldap3's search() returns what this gives: the message id
         try:
-            message_id = conn.search(
+            conn.search(
                 base,
                 search_filter,
                 search_scope=scope,
@@ -156,20 +149,6 @@ class LdapConnector:
                 size_limit=size_limit,
                 time_limit=int(timeout),
             )
-        except Exception as exc:
-            raise SourceReadIncomplete(
-                self.site, self.url, f"search cut short: {_describe(exc, timeout)}"
-            ) from None
-        finally:
-            conn.post_send_search = conn.strategy.post_send_search
-        assert isinstance(message_id, int)
-        return message_id
-
-    def _search_answer(self, conn: ldap3.Connection, message_id: int) -> int:
-        """The answer to search `message_id`, as `_search_once` gives it."""
-        timeout = self.connection.timeout
-        try:
-            conn.strategy.post_send_search(message_id)
         except Exception as exc:
             raise SourceReadIncomplete(
                 self.site, self.url, f"search cut short: {_describe(exc, timeout)}"
@@ -246,50 +225,42 @@ class LdapConnector:
             _close(conn)
 
     def read_changes(self, since: Watermark) -> Iterator[SourceRecord]:
-        """What changed since `since`, by a syncrepl refresh (see `syncrepl`); deletions included. A
-        refresh started ahead from `since` (`start_changes`) is answered by now: its answer is used."""
+        """What changed since `since`, by a syncrepl refresh (see `syncrepl`); deletions included.
+
+        With `keep_connection`, the connection stays bound for the next delta read. A kept connection
+        that no longer answers (the server's idle time-out closed it, or the server restarted) is
+        replaced by a new one at once, and the refresh is asked again on it."""
         self.watermark = None
         answer = None
-        started, self._started = self._started, None
-        if started is not None:
+        conn, self._kept = self._kept, None
+        if conn is not None:
             try:
-                if started.since == since:
-                    answer = syncrepl.refresh_answer(self, started.conn, since, started.message_id)
+                answer = syncrepl.refresh_answer(self, conn, since)
             except SourceReadIncomplete:
-                answer = None  # the answer was lost while it waited (the server went away): ask again
-            finally:
-                _close(started.conn)
-        if answer is None:
+                _close(conn)
+                conn = None
+            except BaseException:
+                _close(conn)
+                raise
+        if conn is None:
             conn = self._open()
             try:
                 answer = syncrepl.refresh_answer(self, conn, since)
-            finally:
+            except BaseException:
                 _close(conn)
+                raise
+        assert answer is not None
+        if self.keep_connection:
+            self._kept = conn
+        else:
+            _close(conn)
         yield from syncrepl.changed_records(self, answer, since)
 
-    def start_changes(self, since: Watermark) -> bool:
-        """Send the syncrepl refresh from `since` now, for the `read_changes(since)` to come: the server
-        prepares its answer meanwhile. False when it could not be sent (the read then starts afresh)."""
-        self.drop_started()
-        if since.kind != syncrepl.WATERMARK_KIND:
-            return False  # read_changes says why
-        try:
-            conn = self._open()
-        except SyncError:
-            return False
-        try:
-            message_id = syncrepl.send_refresh(self, conn, since)
-        except SyncError:
+    def close(self) -> None:
+        """Unbind the connection kept for the next delta read, if any."""
+        conn, self._kept = self._kept, None
+        if conn is not None:
             _close(conn)
-            return False
-        self._started = syncrepl.StartedRefresh(since, conn, message_id)
-        return True
-
-    def drop_started(self) -> None:
-        """Forget a refresh started ahead and no longer wanted."""
-        started, self._started = self._started, None
-        if started is not None:
-            _close(started.conn)
 
     def _record(self, entry: dict) -> SourceRecord:
         attributes: dict[str, list[str]] = entry["attributes"]

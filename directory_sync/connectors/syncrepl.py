@@ -286,31 +286,10 @@ def _parse(response: list[dict[str, Any]], controls: dict[str, Any]) -> Refresh:
 
 
 def _refresh(
-    connector: LdapConnector,
-    conn: ldap3.Connection,
-    search_filter: str,
-    cookie: bytes | None,
-    message_id: int | None = None,
-) -> Refresh | int:
-    """One refreshOnly search (or the answer to the one sent as `message_id`); the parsed answer, or
-    the LDAP result code when it failed."""
-    if message_id is None:
-        message_id = _send_refresh(connector, conn, search_filter, cookie)
-    code = connector._search_answer(conn, message_id)
-    if code != RESULT_SUCCESS:
-        return code
-    try:
-        return _parse(conn.response or [], conn.result.get("controls") or {})
-    except PyAsn1Error as exc:
-        raise SourceReadIncomplete(
-            connector.site, connector.url, f"malformed syncrepl answer from the server: {exc}"
-        ) from None
-
-
-def _send_refresh(
     connector: LdapConnector, conn: ldap3.Connection, search_filter: str, cookie: bytes | None
-) -> int:
-    return connector._send_search(
+) -> Refresh | int:
+    """One refreshOnly search: the parsed answer, or the LDAP result code when it failed."""
+    code = connector._search_once(
         conn,
         connector.connection.base_dn,
         search_filter,
@@ -319,21 +298,14 @@ def _send_refresh(
         # slapd refuses syncrepl with ldap3's default derefAliases ("illegal value for derefAliases").
         dereference_aliases=ldap3.DEREF_NEVER,
     )
-
-
-@dataclass
-class StartedRefresh:
-    """A delta's refresh sent ahead of its read: the server answers it while the run does other work."""
-
-    since: Watermark
-    conn: ldap3.Connection
-    message_id: int
-
-
-def send_refresh(connector: LdapConnector, conn: ldap3.Connection, since: Watermark) -> int:
-    """Send the refresh from `since` (a syncrepl watermark) without waiting for its answer: its
-    message id, for `refresh_answer`. Raises SourceReadIncomplete when it could not be sent."""
-    return _send_refresh(connector, conn, connector.connection.filter, base64.b64decode(since.value))
+    if code != RESULT_SUCCESS:
+        return code
+    try:
+        return _parse(conn.response or [], conn.result.get("controls") or {})
+    except PyAsn1Error as exc:
+        raise SourceReadIncomplete(
+            connector.site, connector.url, f"malformed syncrepl answer from the server: {exc}"
+        ) from None
 
 
 def initial_watermark(
@@ -370,19 +342,16 @@ def _watermark(connector: LdapConnector, cookie: bytes) -> Watermark:
     )
 
 
-def refresh_answer(
-    connector: LdapConnector, conn: ldap3.Connection, since: Watermark, message_id: int | None = None
-) -> Refresh:
-    """What changed under the site's base DN since `since` (the refresh sent as `message_id`, or one
-    sent now), checked whole before anything is planned: a refused or expired cookie raises
-    `WatermarkRejected`."""
+def refresh_answer(connector: LdapConnector, conn: ldap3.Connection, since: Watermark) -> Refresh:
+    """What changed under the site's base DN since `since`, checked whole before anything is planned:
+    a refused or expired cookie raises `WatermarkRejected`."""
     site, url = connector.site, connector.url
     if since.kind != WATERMARK_KIND:
         raise WatermarkRejected(
             site, url, f"the stored watermark is of kind {since.kind}, not a syncrepl cookie"
         )
     cookie = base64.b64decode(since.value)
-    answer = _refresh(connector, conn, connector.connection.filter, cookie, message_id)
+    answer = _refresh(connector, conn, connector.connection.filter, cookie)
     if answer == E_SYNC_REFRESH_REQUIRED:
         raise WatermarkRejected(
             site, url, "the server refused the stored syncrepl cookie (e-syncRefreshRequired): full read"

@@ -109,6 +109,7 @@ class Store:
             raise StoreError(f"database URL {url!r} is not usable: {exc}") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._checkpointing = 0  # how many checkpoints_in_background blocks are open
 
     @property
     def display_url(self) -> str:
@@ -128,11 +129,18 @@ class Store:
         accounts, the site commits that ran them waited 1.1 s of their 1.9 s. In a thread (SQLite
         leaves the interpreter lock while it copies), the next site is read and planned meanwhile.
         The log is checkpointed once more before the block ends, so it leaves it as short as the
-        commits' own checkpoints did.
+        commits' own checkpoints did. Blocks nest: a scheduler opens one for its whole life (its runs'
+        last checkpoints are then done while it waits for the next run), and the runs' own blocks
+        inside it change nothing.
         """
-        if self.engine.dialect.name != "sqlite":
-            yield
+        if self.engine.dialect.name != "sqlite" or self._checkpointing:
+            self._checkpointing += 1
+            try:
+                yield
+            finally:
+                self._checkpointing -= 1
             return
+        self._checkpointing += 1
         checkpointer = _Checkpointer(self.engine)
 
         def no_autocheckpoint(dbapi_connection: Any, *_: Any) -> None:
@@ -151,6 +159,7 @@ class Store:
         try:
             yield
         finally:
+            self._checkpointing -= 1
             checkpointer.finish()  # its connection goes back to the pool with the usual setting
             event.remove(self.engine, "checkout", no_autocheckpoint)
             event.remove(self.engine, "checkin", autocheckpoint)
