@@ -8,10 +8,19 @@ Two sources, each measured the same way, on this machine:
   without passwords), with nested role groups; delta by uSNChanged. Needs root (Samba); skipped
   otherwise, with the reason.
 
-For each: `ght sync run` (its own process, Python start-up included) creates the directory (full),
-then 1% of the accounts change at the source (70% modified, 15% added, 15% deleted); the directory
-file is copied, and the same changes are synchronised once by a delta run (the default) and once by
-`--full` on the copy. Both directories are then compared (they must be the same) and the delta's cost
+For each: `ght sync run` creates the directory (full), then 1% of the accounts change at the source
+(70% modified, 15% added, 15% deleted; the new accounts are new people of the same synthetic
+population, not copies of one another). The directory file is copied, and the same changes are
+synchronised by a delta run and by a full run, each two ways:
+
+- **as a process**: `ght sync run --json` (the default mode, then `--full`), Python start-up included;
+- **as a scheduler runs it**: a long-lived process holding what `ght sync run --every` keeps from run
+  to run (`directory_sync.sync.KeptRuns`: the store, its background checkpoints, the reading process).
+  Its first run synchronises the changes above; then another 1% of the accounts change at the source,
+  and its next run is timed: what every run after the first of a scheduler costs, checkpoints
+  included (they are done beside the runs, on the other core).
+
+The delta and full directories are compared after each (they must be the same) and the delta's cost
 is printed as a share of the full run's.
 
 Usage: python benchmarks/sync_delta.py [--accounts 100000] [--sites 10] [--ad-users 10000]
@@ -30,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +55,7 @@ from directory_sync.config import load_settings  # noqa: E402
 from directory_sync.connectors import DeltaConnector, open_connector  # noqa: E402
 from directory_sync.delta import Watermark  # noqa: E402
 from directory_sync.store import SiteWatermark, open_store  # noqa: E402
-from directory_sync.synthetic import SiteSpec, generate, job_title_map  # noqa: E402
+from directory_sync.synthetic import SiteSpec, SyntheticGHT, generate, job_title_map  # noqa: E402
 from tests.ad_sites import differences, directory_snapshot  # noqa: E402
 from tests.servers.samba import samba_unavailable, start_samba_dc  # noqa: E402
 from tests.servers.slapd import SlapdServer, Suffix, start_slapd  # noqa: E402
@@ -81,49 +91,54 @@ def ght_sync(config: Path, database: Path, *options: str) -> tuple[dict[str, Any
     return json.loads(done.stdout), seconds
 
 
-_IN_PROCESS = """
+_SCHEDULER = """
 import json, sys, time
 from pathlib import Path
 from directory_sync.config import load_settings
-from directory_sync.store import open_store
-from directory_sync.sync import run_sync
+from directory_sync.sync import KeptRuns
 
-def run(database_url=None):
-    started = time.perf_counter()
-    settings = load_settings(Path(sys.argv[1]))
-    store = open_store(database_url or settings.database_url)
-    results = run_sync(settings, store, full=sys.argv[2] == "full")
-    seconds = time.perf_counter() - started
-    store.engine.dispose()
-    assert all(r.ok for r in results), [r.error for r in results]
-    return seconds, results
-
-first = None
-if len(sys.argv) > 3:  # a scheduler's earlier run: the same run, on a copy of the same directory
-    first, _ = run(f"sqlite:///{sys.argv[3]}")
-seconds, results = run()
-print(json.dumps({"seconds": seconds, "first": first, "modes": sorted({r.mode for r in results})}))
+with KeptRuns() as kept:
+    for line in sys.stdin:  # one run per line ("delta" or "full"), as a scheduler's ticks
+        started = time.perf_counter()
+        results = kept.run(load_settings(Path(sys.argv[1])), full=line.strip() == "full")
+        seconds = time.perf_counter() - started
+        assert all(r.ok for r in results), [r.error for r in results]
+        print(json.dumps({"seconds": seconds, "modes": sorted({r.mode for r in results})}), flush=True)
 """
 
 
-def sync_in_process(config: Path, database: Path, mode: str, earlier: Path) -> tuple[float, float, list[str]]:
-    """A run as a scheduler (`ght sync run --every`) makes it: the code already imported, the clock
-    around reading the configuration, opening the store and the run itself. Timed twice in one process:
-    the scheduler's first run (on `earlier`, a copy of `database`), and its next one (on `database`),
-    with whatever the first left warm (SQLAlchemy's compiled statements, parsed mappings), as every run
-    after the first of a long-lived scheduler finds it; both read the same changes from the source.
-    Returns (next run's seconds, first run's seconds, modes)."""
-    done = subprocess.run(
-        [sys.executable, "-c", _IN_PROCESS, str(config), mode, str(earlier)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "GHT_DATABASE_URL": f"sqlite:///{database}"},
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"run_sync ({mode}) failed: {done.stderr[-2000:]}")
-    figures = json.loads(done.stdout)
-    return figures["seconds"], figures["first"], figures["modes"]
+class Scheduler:
+    """A process that runs syncs on command as `ght sync run --every` runs them: the configuration read
+    again and the run itself on the clock; the store, its checkpoints and the reading process kept."""
+
+    def __init__(self, config: Path, database: Path, mode: str) -> None:
+        self.mode = mode
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _SCHEDULER, str(config)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "GHT_DATABASE_URL": f"sqlite:///{database}"},
+        )
+
+    def run(self) -> tuple[float, list[str]]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{self.mode}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.kill()
+            raise SystemExit(f"the {self.mode} scheduler failed: {self.process.communicate()[1][-2000:]}")
+        figures = json.loads(line)
+        return figures["seconds"], figures["modes"]
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        if self.process.wait(timeout=120) != 0:
+            raise SystemExit(f"the {self.mode} scheduler failed: {self.process.communicate()[1][-2000:]}")
 
 
 def summary(result: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -172,25 +187,31 @@ def _fields(row: SiteWatermark) -> dict[str, Any]:
     return {"kind": row.kind, "source": row.source, "value": row.value, "state": row.state}
 
 
-def compare(config: Path, work: Path, changed: int) -> dict[str, Any]:
-    """Copy the directory; synchronise the changes by delta on one, by full on the other; compare."""
+def compare(config: Path, work: Path, changed: int, change_again: Callable[[], int]) -> dict[str, Any]:
+    """Copy the directory; synchronise the changes by delta on one copy, by full on another, as a
+    process and as a scheduler (whose next run follows `change_again`); compare the directories."""
     reads = source_reads(config, work)
-    copies = ("full.db", "delta-in-process.db", "full-in-process.db", "delta-first.db", "full-first.db")
-    for copy in copies:
+    for copy in ("full.db", "delta-scheduler.db", "full-scheduler.db"):
         for suffix in ("", "-wal", "-shm"):
             if (work / f"bench.db{suffix}").exists():
                 shutil.copy(work / f"bench.db{suffix}", work / f"{copy}{suffix}")
     delta, delta_seconds = ght_sync(config, work / "bench.db")
     full, full_seconds = ght_sync(config, work / "full.db", "--full")
-    scheduled_delta, first_delta, delta_modes = sync_in_process(
-        config, work / "delta-in-process.db", "delta", work / "delta-first.db"
-    )
-    scheduled_full, first_full, full_modes = sync_in_process(
-        config, work / "full-in-process.db", "full", work / "full-first.db"
-    )
+    delta_scheduler = Scheduler(config, work / "delta-scheduler.db", "delta")
+    full_scheduler = Scheduler(config, work / "full-scheduler.db", "full")
+    first_delta, _ = delta_scheduler.run()
+    first_full, _ = full_scheduler.run()
+    changed_again = change_again()
+    next_delta, delta_modes = delta_scheduler.run()
+    next_full, full_modes = full_scheduler.run()
+    delta_scheduler.close()
+    full_scheduler.close()
     problems = differences(
         directory_snapshot(open_store(f"sqlite:///{work}/bench.db")),
         directory_snapshot(open_store(f"sqlite:///{work}/full.db")),
+    ) + differences(
+        directory_snapshot(open_store(f"sqlite:///{work}/delta-scheduler.db")),
+        directory_snapshot(open_store(f"sqlite:///{work}/full-scheduler.db")),
     )
     delta_summary, full_summary = summary(delta, delta_seconds), summary(full, full_seconds)
     return {
@@ -203,11 +224,12 @@ def compare(config: Path, work: Path, changed: int) -> dict[str, Any]:
             delta_summary["seconds_in_sync"] / full_summary["seconds_in_sync"], 3
         ),
         "as_a_scheduler_runs_it": {
-            "delta_seconds": round(scheduled_delta, 3),
+            "accounts_changed_again": changed_again,
+            "delta_seconds": round(next_delta, 3),
             "delta_modes": delta_modes,
-            "full_seconds": round(scheduled_full, 2),
+            "full_seconds": round(next_full, 2),
             "full_modes": full_modes,
-            "delta_share_of_full": round(scheduled_delta / scheduled_full, 3),
+            "delta_share_of_full": round(next_delta / next_full, 3),
             "first_run": {
                 "delta_seconds": round(first_delta, 3),
                 "full_seconds": round(first_full, 2),
@@ -222,14 +244,30 @@ def compare(config: Path, work: Path, changed: int) -> dict[str, Any]:
 # -- OpenLDAP: the synthetic GHT ---------------------------------------------------------------------
 
 
+def newcomers(sites: int, batch: int) -> SyntheticGHT:
+    """People to hire: a small synthetic GHT of its own (names, titles and departments drawn like
+    everyone else's). Their logins and mail addresses get the batch's mark, as a directory gives a
+    newcomer a free one when a namesake already has it."""
+    return generate(seed=100 + batch, sites=sites, accounts=sites * 500)
+
+
 def ldap_changes(
-    server: SlapdServer, specs: list[SiteSpec], accounts: dict[str, list[Any]], share: float
+    server: SlapdServer,
+    specs: list[SiteSpec],
+    accounts: dict[str, list[Any]],
+    share: float,
+    batch: int = 1,
+    gone: set[str] | None = None,
 ) -> int:
-    """Change `share` of the accounts of every site over LDAP, as the rootDN; how many changed."""
-    rng = random.Random(7)
+    """Change `share` of the accounts of every site over LDAP, as the rootDN; how many changed.
+    `gone`: DNs deleted by an earlier batch (left alone; the ones deleted now are added to it)."""
+    rng = random.Random(7 * batch)
+    hired = newcomers(len(specs), batch)
+    gone = gone if gone is not None else set()
     total = 0
-    for spec in specs:
-        chosen = rng.sample(accounts[spec.code], round(len(accounts[spec.code]) * share))
+    for index, spec in enumerate(specs):
+        present = [a for a in accounts[spec.code] if a.dn not in gone]
+        chosen = rng.sample(present, round(len(accounts[spec.code]) * share))
         modified = chosen[: round(len(chosen) * MODIFIED)]
         deleted = chosen[len(modified) + round(len(chosen) * ADDED) :]
         added = len(chosen) - len(modified) - len(deleted)
@@ -246,19 +284,19 @@ def ldap_changes(
                 )
             for account in deleted:
                 conn.delete(account.dn)
-            for n in range(added):
-                uid = f"nouveau{n:05d}"
+                gone.add(account.dn)
+            for newcomer in hired.accounts(hired.sites[index].code)[:added]:
+                attributes = {
+                    k: v for k, v in newcomer.attributes.items() if k not in ("objectClass", "entryUUID")
+                }
+                uid = attributes["uid"] = [f"{attributes['uid'][0]}.n{batch}"]
+                if "mail" in attributes:
+                    local, domain = attributes["mail"][0].split("@")
+                    attributes["mail"] = [f"{local}.n{batch}@{domain}"]
                 conn.add(
-                    f"uid={uid},ou=people,{spec.suffix}",
-                    ["top", "person", "organizationalPerson", "inetOrgPerson"],
-                    {
-                        "uid": uid,
-                        "cn": f"Nouvel Agent {n}",
-                        "sn": "Agent",
-                        "givenName": "Nouvel",
-                        "title": "Infirmier",
-                    },
+                    f"uid={uid[0]},ou=people,{spec.suffix}", newcomer.attributes["objectClass"], attributes
                 )
+                assert conn.result["result"] == 0, conn.result
         total += len(chosen)
     return total
 
@@ -290,8 +328,12 @@ def bench_ldap(work: Path, accounts: int, sites: int, share: float) -> dict[str,
         ght.write_mappings(work / "mappings", connection_for)
         config = _config(work, [s.code for s in ght.sites])
         first, first_seconds = ght_sync(config, work / "bench.db")
-        changed = ldap_changes(server, ght.sites, {s.code: ght.accounts(s.code) for s in ght.sites}, share)
-        figures = compare(config, work, changed)
+        staff = {spec.code: ght.accounts(spec.code) for spec in ght.sites}
+        gone: set[str] = set()
+        changed = ldap_changes(server, ght.sites, staff, share, 1, gone)
+        figures = compare(
+            config, work, changed, lambda: ldap_changes(server, ght.sites, staff, share, 2, gone)
+        )
     finally:
         server.stop()
     return {
@@ -318,24 +360,8 @@ def bench_ad(work: Path, users: int, share: float) -> dict[str, Any]:
         staff = dc.add_ou("Personnel")
         groups = dc.add_ou("Groupes")
         t1 = time.perf_counter()
-        doctors: list[str] = []
-        rows = []
-        for account in ght.accounts(spec.code):
-            a = {k: v[0] for k, v in account.attributes.items() if k != "objectClass"}
-            row = {
-                "sam": a["uid"],
-                "given": a.get("givenName", "-").strip() or "-",
-                "family": a["sn"].strip() or "-",
-                "title": a["title"].strip() or "-",
-                "department": a.get("ou", "-").strip() or "-",
-                "employeeNumber": a["employeeNumber"],
-            }
-            if a.get("mail"):
-                row["mail"] = a["mail"]
-            if a.get("businessCategory"):
-                row["employeeID"] = a["businessCategory"]
-                doctors.append(f"CN={a['uid']},{staff}")
-            rows.append(row)
+        rows = [_ad_user(account) for account in ght.accounts(spec.code)]
+        doctors = [f"CN={row['sam']},{staff}" for row in rows if "employeeID" in row]
         dc.add_users(staff, rows)
         loaded = time.perf_counter() - t1
         emergency = [dn for dn in doctors[: len(doctors) // 3]]
@@ -374,23 +400,24 @@ def bench_ad(work: Path, users: int, share: float) -> dict[str, Any]:
         config = _config(work, [spec.code])
         first, first_seconds = ght_sync(config, work / "bench.db")
 
-        rng = random.Random(7)
-        chosen = rng.sample([f"CN={r['sam']},{staff}" for r in rows], round(users * share))
-        modified = chosen[: round(len(chosen) * MODIFIED)]
-        deleted = chosen[len(modified) + round(len(chosen) * ADDED) :]
-        added = len(chosen) - len(modified) - len(deleted)
-        for dn in modified:
-            dc.replace(dn, department=rng.choice(["Réanimation", "Urgences", "Cardiologie", "Pédiatrie"]))
-        for dn in deleted:
-            dc.delete(dn)
-        dc.add_users(
-            staff,
-            [
-                {"sam": f"nouv{n:05d}", "given": "Nouvel", "family": "Agent", "title": "Infirmier"}
-                for n in range(added)
-            ],
-        )
-        figures = compare(config, work, len(chosen))
+        present = [f"CN={r['sam']},{staff}" for r in rows]
+
+        def ad_changes(batch: int) -> int:
+            rng = random.Random(7 * batch)
+            chosen = rng.sample(present, round(users * share))
+            modified = chosen[: round(len(chosen) * MODIFIED)]
+            deleted = chosen[len(modified) + round(len(chosen) * ADDED) :]
+            added = len(chosen) - len(modified) - len(deleted)
+            for dn in modified:
+                dc.replace(dn, department=rng.choice(["Réanimation", "Urgences", "Cardiologie", "Pédiatrie"]))
+            for dn in deleted:
+                dc.delete(dn)
+                present.remove(dn)
+            hired = newcomers(1, batch)
+            dc.add_users(staff, [_ad_user(a, batch) for a in hired.accounts(hired.sites[0].code)[:added]])
+            return len(chosen)
+
+        figures = compare(config, work, ad_changes(1), lambda: ad_changes(2))
     finally:
         dc.close()
     return {
@@ -400,6 +427,26 @@ def bench_ad(work: Path, users: int, share: float) -> dict[str, Any]:
         "first_run_full": summary(first, first_seconds),
         **figures,
     }
+
+
+def _ad_user(account: Any, batch: int | None = None) -> dict[str, str]:
+    """A synthetic account as a Samba user (`batch`: a newcomer's, with that batch's mark)."""
+    a = {k: v[0] for k, v in account.attributes.items() if k != "objectClass"}
+    mark = "" if batch is None else f"n{batch}"
+    row = {
+        "sam": f"{a['uid'][: 20 - len(mark)]}{mark}",  # sAMAccountName: at most 20 characters
+        "given": a.get("givenName", "-").strip() or "-",
+        "family": a["sn"].strip() or "-",
+        "title": a["title"].strip() or "-",
+        "department": a.get("ou", "-").strip() or "-",
+        "employeeNumber": a["employeeNumber"],
+    }
+    if a.get("mail"):
+        local, domain = a["mail"].split("@")
+        row["mail"] = f"{local}.{mark}@{domain}" if mark else a["mail"]
+    if a.get("businessCategory"):
+        row["employeeID"] = a["businessCategory"]
+    return row
 
 
 # -- common ------------------------------------------------------------------------------------------
