@@ -219,8 +219,10 @@ class _StoredPeople:
         self._engine = engine
 
     def size(self) -> int:
+        # The highest account id: accounts are never deleted, so it is their number (give or take the
+        # ids of rolled-back inserts), read from the end of the primary key instead of counting 100,000.
         with Session(self._engine) as session:
-            return int(session.execute(select(func.count()).select_from(_ACCOUNT)).scalar_one())
+            return int(session.execute(select(func.max(_ACCOUNT.c.id))).scalar_one() or 0)
 
     def people_with(self, keys: Collection[str]) -> set[str]:
         hashes = sorted({key_hash(k) for k in keys})

@@ -76,7 +76,11 @@ class Site(SQLModel, table=True):
 
 
 class Person(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("login", name="uq_person_login"),)
+    __table_args__ = (
+        UniqueConstraint("login", name="uq_person_login"),
+        # The grace period's deprovisioning reads who has been suspended since before a date.
+        Index("ix_person_status_suspended_at", "status", "suspended_at"),
+    )
 
     id: str = Field(default_factory=new_person_id, primary_key=True, max_length=32)
     #: The territorial login (`prenom.nom`, ASCII), unique and never reused: people are never deleted.
@@ -88,7 +92,7 @@ class Person(SQLModel, table=True):
     email: str | None = None
     rpps: str | None = Field(default=None, index=True, max_length=11)
     adeli: str | None = Field(default=None, max_length=9)
-    status: str = Field(default=PersonStatus.ACTIVE, index=True, max_length=16)
+    status: str = Field(default=PersonStatus.ACTIVE, max_length=16)  # indexed with suspended_at
     #: For each attribute: the site, account and time its value came from (survivorship's provenance).
     provenance: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     #: A person merged into another by a reviewer keeps its row (and login) and points at the survivor.
