@@ -68,6 +68,8 @@ class ReadingProcess:
         self._commands: multiprocessing.connection.Connection | None = None
         self._results: multiprocessing.connection.Connection | None = None
         self._next = 0
+        self._issued: set[int] = set()  # reads asked of the current worker, not yet over or cancelled
+        self._held: dict[int, list[tuple[str, Any]]] = {}  # messages of reads asked later than the one read
 
     def use(self, sites: Sequence[SiteMapping], professions: Mapping[str, str]) -> None:
         """A new run's sites and professions. The worker stays if it knows them as they are (a
@@ -92,11 +94,28 @@ class ReadingProcess:
         assert self._commands is not None
         self._next += 1
         self._commands.send((self._next, site.code, since))
+        self._issued.add(self._next)
         return self._next
 
+    def asked(self, number: int) -> bool:
+        """Whether read `number` is still to come from the current worker (not if it died since)."""
+        return number in self._issued
+
+    def cancel(self, number: int) -> None:
+        """Read `number` is no longer wanted: what it sent, or sends, is dropped."""
+        self._issued.discard(number)
+        self._held.pop(number, None)
+
     def messages(self, number: int, site: SiteMapping) -> Iterator[tuple[str, Any]]:
-        """The messages of read `number`, up to its end or error (messages of earlier, cancelled
-        reads still in the pipe are dropped)."""
+        """The messages of read `number`, up to its end or error. The worker answers reads in the order
+        they were asked: messages of cancelled reads met on the way are dropped, those of reads asked
+        after this one are held for their turn."""
+        held = self._held.pop(number, [])
+        for kind, payload in held:
+            yield kind, payload
+        if held and held[-1][0] != "batch":
+            self._issued.discard(number)
+            return
         assert self._results is not None and self._worker is not None
         while True:
             try:
@@ -110,12 +129,18 @@ class ReadingProcess:
                     f"the reading process died (exit code {worker.exitcode})",
                 ) from None
             if read != number:
-                continue  # a cancelled read's
+                if read in self._issued:
+                    self._held.setdefault(read, []).append((kind, payload))
+                continue  # else a cancelled read's
+            if kind != "batch":
+                self._issued.discard(number)
             yield kind, payload
             if kind != "batch":
                 return
 
     def close(self) -> None:
+        self._issued.clear()
+        self._held.clear()
         if self._worker is None:
             return
         assert self._commands is not None and self._results is not None
@@ -157,7 +182,7 @@ class MappedReader:
         self.watermark: Watermark | None = None
         self.no_watermark_reason: str | None = None
         self._reading = reading
-        self._requested: int | None = None  # the number of the full read asked for in advance
+        self._requested: int | None = None  # the number of the read asked for in advance
 
     @property
     def url(self) -> str:
@@ -181,22 +206,29 @@ class MappedReader:
 
     def close(self) -> None:
         """Forget a read asked for in advance and no longer wanted (what it sends is dropped)."""
+        if self._requested is not None and self._reading is not None:
+            self._reading.cancel(self._requested)
         self._requested = None
 
     def _read(self, since: Watermark | None) -> Iterator[MappedAccount]:
         if self._reading is None or not can_fork():
             yield from self._inline(since)
             return
-        number = self._requested or self._reading.request(self.site, since)
+        number = self._requested
+        if number is None or not self._reading.asked(number):  # not asked, or asked of a worker now gone
+            number = self._reading.request(self.site, since)
         self._requested = None
-        for kind, payload in self._reading.messages(number, self.site):
-            if kind == "batch":
-                yield from payload
-            elif kind == "end":
-                self.watermark, self.no_watermark_reason = payload
-            else:
-                name, url, problem = payload
-                raise _ERRORS.get(name, SyncError)(self.site.code, url, problem)
+        try:
+            for kind, payload in self._reading.messages(number, self.site):
+                if kind == "batch":
+                    yield from payload
+                elif kind == "end":
+                    self.watermark, self.no_watermark_reason = payload
+                else:
+                    name, url, problem = payload
+                    raise _ERRORS.get(name, SyncError)(self.site.code, url, problem)
+        finally:
+            self._reading.cancel(number)  # left midway: the rest is dropped, not held
 
     def _inline(self, since: Watermark | None) -> Iterator[MappedAccount]:
         mapper = Mapper(self.site, self.professions)

@@ -17,7 +17,7 @@ import contextlib
 import gc
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,7 +210,7 @@ def _run_sync(
     reading.use(mappings, settings.professions)
     ahead = ReadAhead(settings, store, reading, full=full)
     if mappings and not dry_run:
-        ahead.start(mappings[0])  # read while the run gets ready
+        ahead.start_run(mappings)  # read while the run gets ready, and while the sites before apply
     with store.session() as session:
         context = RunContext.load(session, config)
     results = []
@@ -262,19 +262,28 @@ class ReadAhead:
 
     def __init__(self, settings: Settings, store: Store, reading: ReadingProcess, *, full: bool) -> None:
         self.settings, self.store, self.reading, self.full = settings, store, reading, full
-        self._reader: MappedReader | None = None
-        self._site: str | None = None
-        self._last_run: int | None = None
-        self._since: Watermark | None = None  # the watermark a delta started ahead reads from
+        self._started: dict[str, _Started] = {}
 
-    def start(self, site: SiteMapping) -> None:
-        """Start `site`'s read, unless a run of the site is under way elsewhere."""
-        self.close()
+    def start_run(self, sites: Sequence[SiteMapping]) -> None:
+        """As a run begins: ask for the reads of its sites in their order, every delta at once (they
+        are small; the reading process reads each while the sites before it are applied), up to and
+        including the first full read (large: the sites after it are started one at a time, `start`,
+        as the sites before them are applied)."""
+        for site in sites:
+            started = self.start(site)
+            if started is None or not started.delta:
+                return
+
+    def start(self, site: SiteMapping) -> _Started | None:
+        """Start `site`'s read (unless it is started already, or a run of the site is under way
+        elsewhere)."""
+        if site.code in self._started:
+            return self._started[site.code]
         reader = MappedReader(site, self.settings.professions, self.reading)
         with self.store.session() as session:
             latest = session.execute(_LATEST_RUN, {"site": site.code, "ours": -1}).first()
             if latest is not None and latest.status == RunStatus.RUNNING:
-                return  # under way elsewhere (or interrupted): the run will see to it
+                return None  # under way elsewhere (or interrupted): the run will see to it
             choice = choose_mode(
                 load_watermark(session, site.code),
                 mapping_scope(site),
@@ -282,9 +291,12 @@ class ReadAhead:
                 full=self.full,
                 kind=site.connection.kind,
             )
-        reader.start(choice.since if reader.supports_delta else None)
-        self._reader, self._site, self._since = reader, site.code, choice.since
-        self._last_run = latest.id if latest else None
+        delta = choice.since is not None and reader.supports_delta
+        reader.start(choice.since if delta else None)
+        started = self._started[site.code] = _Started(
+            reader, choice.since, delta, latest.id if latest else None
+        )
+        return started
 
     def take(
         self,
@@ -297,20 +309,31 @@ class ReadAhead:
     ) -> MappedReader | None:
         """The read started for `site`, if it is still the one to use (else it is stopped): a full
         read, or (`full_read` False) a delta from `since`."""
-        reader, self._reader = self._reader, None
-        if reader is None:
+        started = self._started.pop(site.code, None)
+        if started is None:
             return None
         latest = session.execute(_LATEST_RUN, {"site": site.code, "ours": run_id or -1}).first()
-        same_read = (self._since is None) if full_read else (self._since is not None and self._since == since)
-        if self._site == site.code and same_read and (latest.id if latest else None) == self._last_run:
-            return reader
-        reader.close()
+        same_read = (not started.delta) if full_read else (started.delta and started.since == since)
+        if same_read and (latest.id if latest else None) == started.last_run:
+            return started.reader
+        started.reader.close()
         return None
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        for started in self._started.values():
+            started.reader.close()
+        self._started.clear()
+
+
+@dataclass
+class _Started:
+    """A site's read asked for ahead: its reader, the watermark a delta reads from (`delta`), and the
+    site's latest run then (the read is used only if no other run of the site started since)."""
+
+    reader: MappedReader
+    since: Watermark | None
+    delta: bool
+    last_run: int | None
 
 
 #: The most recent run of a site other than run `ours`.

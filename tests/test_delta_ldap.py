@@ -387,7 +387,7 @@ def test_a_delta_sent_ahead_gives_the_same_directory_as_deltas_read_in_turn(
         taken.clear()
         results = run_sync(*ahead)
         assert [(r.mode, r.status) for r in results] == [("delta", "succeeded")] * 2
-        # Avignon's refresh was sent as the run started, Orange's while Avignon was applied.
+        # Both deltas were asked for as the run started, and read while the run went on.
         assert taken == [SITE, "ch-orange"]
         assert [(r.created, r.updated, r.closed) for r in results] == [(1, 1, 0), (1, 1, 1)]
         with monkeypatch.context() as patched:
@@ -400,8 +400,8 @@ def _sent_ahead(settings: Settings, store: Store, code: str) -> ReadAhead:
     ahead = ReadAhead(
         settings, store, ReadingProcess(settings.load_sites(), settings.professions), full=False
     )
-    ahead.start(next(s for s in settings.load_sites() if s.code == code))
-    assert ahead._reader is not None and ahead._since is not None  # the refresh was sent
+    started = ahead.start(next(s for s in settings.load_sites() if s.code == code))
+    assert started is not None and started.delta  # the delta was asked for
     return ahead
 
 
@@ -434,6 +434,34 @@ def test_a_delta_sent_ahead_is_dropped_when_another_run_of_the_site_came_in_betw
         "nouveau1": "enabled",
         "nouveau2": "enabled",
     }
+
+
+def test_a_delta_asked_for_after_the_others_leaves_theirs_for_their_turn(
+    two_sites: SlapdServer, tmp_path: Path
+) -> None:
+    """Both sites' deltas are asked for as a run starts; Avignon's is dropped (another run of it came in
+    between) and asked for again, after Orange's: Orange's answer, read on the way, is kept for it."""
+    settings, store = configure_two(two_sites, tmp_path, f"sqlite:///{tmp_path}/ght.db")
+    run_sync(settings, store)
+    change_both(two_sites, 1)
+    ahead = ReadAhead(
+        settings, store, ReadingProcess(settings.load_sites(), settings.professions), full=False
+    )
+    ahead.start_run(settings.load_sites())
+    (other,) = run_sync(settings, store, sites=[SITE])  # another host's run of Avignon, say
+    assert (other.mode, other.created) == ("delta", 1)
+    change_both(two_sites, 2)
+
+    avignon = _run_site(settings, store, SITE, ahead)  # read again, from the newer watermark
+    assert (avignon.mode, avignon.created, avignon.updated) == ("delta", 1, 1)
+    orange = _run_site(settings, store, "ch-orange", ahead)  # the answer asked for at the start
+    assert (orange.mode, orange.created, orange.closed) == ("delta", 1, 1)
+    assert active_logins(store, "ch-orange") == {
+        "pgarcia": "enabled",
+        "nouveau1": "enabled",
+        "tsimon": "enabled",
+    }
+    ahead.reading.close()
 
 
 # -- a scheduler's runs (`ght sync run --every`): what is kept from one run to the next --------------
