@@ -26,6 +26,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -153,23 +154,46 @@ def _login_base(given: str | None, family: str) -> str:
     return f"{given_part}.{family_part}" if given_part else family_part
 
 
+class RunReads:
+    """Where a run's lookups (candidates, taken logins) read the directory: through the session of the
+    site being synchronised while there is one, else through a session of their own.
+
+    One connection for a site's reads keeps SQLite's page cache warm: a connection drops its whole cache
+    whenever another one has committed since its last read, so lookups on a second connection started
+    cold after every site's commit."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.session: Session | None = None  # the site's, while it is synchronised
+
+    @contextmanager
+    def __call__(self) -> Iterator[Session]:
+        if self.session is not None:
+            yield self.session
+            return
+        with Session(self.engine) as session:
+            yield session
+
+
 class LoginAllocator:
     """Territorial logins: `prenom.nom`, ASCII; collisions get 2, 3...; a login is never reused, because
     people are never deleted and every login ever given stays taken.
 
-    With `engine`, the taken logins are read from the directory as needed: those that start with the
-    login about to be given (one indexed range read), until reading them all is cheaper.
+    With `reads` (a `RunReads`), the taken logins are read from the directory as needed: those that
+    start with the login about to be given (one indexed range read), until reading them all is cheaper.
     """
 
     #: After this many lookups, every taken login is read at once.
     BULK_AFTER = 200
 
-    def __init__(self, taken: Iterable[str] = (), max_length: int = 64, engine: Any = None) -> None:
+    def __init__(
+        self, taken: Iterable[str] = (), max_length: int = 64, reads: RunReads | None = None
+    ) -> None:
         self.taken = set(taken)
         self.max_length = max_length
-        self._engine = engine
+        self._reads = reads
         self._read: set[str] = set()  # bases whose taken logins have been read
-        self._complete = engine is None
+        self._complete = reads is None
         self._lookups = 0
 
     def allocate(self, given: str | None, family: str) -> str:
@@ -198,7 +222,8 @@ class LoginAllocator:
         if not wanted:
             return
         self._lookups += len(wanted)
-        with Session(self._engine) as session:
+        assert self._reads is not None
+        with self._reads() as session:
             if self._lookups > self.BULK_AFTER:  # a large arrival: read every login once
                 self.taken.update(
                     session.execute(select(_PERSON.c.login).where(_PERSON.c.login.is_not(None))).scalars()
@@ -215,18 +240,18 @@ class _StoredPeople:
     """The directory, as a `correlate.StoredPeople`: candidates by key (`correlation_key`), accounts by
     person. Closed accounts too: a person who left a site and joins another must be found again."""
 
-    def __init__(self, engine: Any) -> None:
-        self._engine = engine
+    def __init__(self, reads: RunReads) -> None:
+        self._reads = reads
 
     def size(self) -> int:
         # The highest account id: accounts are never deleted, so it is their number (give or take the
         # ids of rolled-back inserts), read from the end of the primary key instead of counting 100,000.
-        with Session(self._engine) as session:
+        with self._reads() as session:
             return int(session.execute(select(func.max(_ACCOUNT.c.id))).scalar_one() or 0)
 
     def people_with(self, keys: Collection[str]) -> set[str]:
         hashes = sorted({key_hash(k) for k in keys})
-        with Session(self._engine) as session:
+        with self._reads() as session:
             return set(
                 session.execute(
                     select(_ACCOUNT.c.person_id)
@@ -237,7 +262,7 @@ class _StoredPeople:
 
     def accounts_of(self, person_ids: Collection[str] | None) -> Iterator[tuple[str, str, Mapping[str, str]]]:
         query = select(_ACCOUNT.c.person_id, _ACCOUNT.c.site, _ACCOUNT.c.attributes)
-        with Session(self._engine) as session:
+        with self._reads() as session:
             if person_ids is None:
                 for person_id, site, attributes in session.execute(query):
                     yield person_id, site, attributes or {}
@@ -296,8 +321,9 @@ class RunContext:
         self.config = config
         self.decisions = decisions
         self.closures = 0  # accounts closed so far in this run (for the run-wide threshold)
-        self.index = PersonIndex(_StoredPeople(engine))
-        self.logins = LoginAllocator((), config.territorial_login.max_length, engine)
+        self.reads = RunReads(engine)  # `sync` points it at each site's session in turn
+        self.index = PersonIndex(_StoredPeople(self.reads))
+        self.logins = LoginAllocator((), config.territorial_login.max_length, self.reads)
         self.correlator = Correlator(config, self.index)
 
     @classmethod

@@ -412,7 +412,7 @@ def _sync_site(
     result = SiteResult(site=site.code, url=reader.url, status=RunStatus.RUNNING, dry_run=dry_run)
     run_id = None if dry_run else _start_run(store, site.code)
     result.run_id = run_id
-    with store.session() as session:
+    with store.session() as session, _reading_through(context, session):
         scope = mapping_scope(site)
         delta_capable = reader.supports_delta
         choice = choose_mode(
@@ -505,6 +505,16 @@ def _sync_site(
     result.status = RunStatus.SUCCEEDED
     result.seconds = time.monotonic() - started
     return result
+
+
+@contextlib.contextmanager
+def _reading_through(context: RunContext, session: Session) -> Iterator[None]:
+    """The run's lookups read through the site's session while it is synchronised (see `RunReads`)."""
+    context.reads.session = session
+    try:
+        yield
+    finally:
+        context.reads.session = None
 
 
 def _count(result: SiteResult, plan: SitePlan) -> None:
