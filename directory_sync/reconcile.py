@@ -175,6 +175,18 @@ class RunReads:
             yield session
 
 
+#: The logins in any of _RANGES ranges [from_i, to_i): those a batch of new people's logins may take.
+_RANGES = 16
+_LOGINS_IN_RANGES = select(_PERSON.c.login).where(
+    or_(
+        *(
+            and_(_PERSON.c.login >= bindparam(f"from_{i}"), _PERSON.c.login < bindparam(f"to_{i}"))
+            for i in range(_RANGES)
+        )
+    )
+)
+
+
 class LoginAllocator:
     """Territorial logins: `prenom.nom`, ASCII; collisions get 2, 3...; a login is never reused, because
     people are never deleted and every login ever given stays taken.
@@ -230,9 +242,13 @@ class LoginAllocator:
                 )
                 self._complete = True
                 return
-            for chunk in _chunks(wanted, 100):  # logins starting with a base (base2, base3...; others too)
-                ranges = [and_(_PERSON.c.login >= b, _PERSON.c.login < b + "\x7f") for b in chunk]
-                self.taken.update(session.execute(select(_PERSON.c.login).where(or_(*ranges))).scalars())
+            for chunk in _chunks(
+                wanted, _RANGES
+            ):  # logins starting with a base (base2, base3...; others too)
+                padded = [*chunk, *[chunk[-1]] * (_RANGES - len(chunk))]  # one statement, compiled once
+                ranges = {f"from_{i}": base for i, base in enumerate(padded)}
+                ranges.update((f"to_{i}", base + "\x7f") for i, base in enumerate(padded))
+                self.taken.update(session.execute(_LOGINS_IN_RANGES, ranges).scalars())
             self._read.update(wanted)
 
 
