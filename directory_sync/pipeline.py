@@ -7,15 +7,16 @@ the slower half, not the sum. The worker only reads; everything it found reaches
 batches of mapped accounts, then its connector's watermark (or the error it met, re-raised here with
 the same type, site and URL).
 
-One worker serves a whole run (`ReadingProcess`), forked at the run's first full read, while this
-process is still small. A worker forked for each site, from a parent that by then held the people
-index and the plans, cost more than it saved: after each fork the parent paid a copy-on-write fault
-for every page it touched again (800,000 faults and 3.4 s of system time over a first run of 100,000
-accounts, against 180,000 and 1.9 s without). The worker reads the sites it is asked for in order, and
-keeps what it read until the parent takes it, so that the next site can be read while the parent
-applies the current one (`directory_sync.sync.ReadAhead`). Delta reads go to the worker too: a
-delta's decoding and mapping are a fifth of its time, and the worker does them for the next site while
-this process applies the one before. Where processes cannot be forked, every read runs inline.
+One worker serves a whole run (`ReadingProcess`), forked at the run's first read, as the run starts
+and while this process is still small. A worker forked for each site, from a parent that by then held
+the people index and the plans, cost more than it saved: after each fork the parent paid a
+copy-on-write fault for every page it touched again (800,000 faults and 3.4 s of system time over a
+first run of 100,000 accounts, against 180,000 and 1.9 s without). The worker reads the sites it is
+asked for in order, and keeps what it read until the parent takes it, so that the next sites can be
+read while the parent applies the current one (`directory_sync.sync.ReadAhead`). Delta reads go to
+the worker too: a delta's decoding and mapping were about a fifth of its time, and the worker does
+them for the next sites while this process applies the ones before. Where processes cannot be
+forked, every read runs inline.
 
 A scheduler (`ght sync run --every`) keeps one worker from run to run (`use` at each run): it is forked
 once, in the first run, and keeps its sources' connections (a delta's LDAP connection stays bound
