@@ -51,7 +51,7 @@ from .store import (
     new_person_id,
     sa_table,
 )
-from .store.bulk import insert_rows, update_rows
+from .store.bulk import insert_rows, select_rows, update_rows
 
 #: Person attributes, derived from the person's accounts by survivorship.
 PERSON_FIELDS = ("family_name", "given_name", "birth_name", "birth_date", "email", "rpps", "adeli")
@@ -252,6 +252,10 @@ class LoginAllocator:
             self._read.update(wanted)
 
 
+_ACCOUNT_VALUES = select(_ACCOUNT.c.person_id, _ACCOUNT.c.site, _ACCOUNT.c.attributes)
+_ACCOUNT_VALUES_OF = _ACCOUNT_VALUES.where(_ACCOUNT.c.person_id.in_(bindparam("ids", expanding=True)))
+
+
 class _StoredPeople:
     """The directory, as a `correlate.StoredPeople`: candidates by key (`correlation_key`), accounts by
     person. Closed accounts too: a person who left a site and joins another must be found again."""
@@ -277,16 +281,13 @@ class _StoredPeople:
             )
 
     def accounts_of(self, person_ids: Collection[str] | None) -> Iterator[tuple[str, str, Mapping[str, str]]]:
-        query = select(_ACCOUNT.c.person_id, _ACCOUNT.c.site, _ACCOUNT.c.attributes)
         with self._reads() as session:
             if person_ids is None:
-                for person_id, site, attributes in session.execute(query):
+                for person_id, site, attributes in session.execute(_ACCOUNT_VALUES):
                     yield person_id, site, attributes or {}
                 return
             for chunk in _chunks(sorted(person_ids), _CHUNK):
-                for person_id, site, attributes in session.execute(
-                    query.where(_ACCOUNT.c.person_id.in_(chunk))
-                ):
+                for person_id, site, attributes in select_rows(session, _ACCOUNT_VALUES_OF, {"ids": chunk}):
                     yield person_id, site, attributes or {}
 
 
@@ -1035,7 +1036,7 @@ def _read_before(session: Session, actions: list[AccountAction]) -> dict[int, _B
     changed, and a person with this one account is recomputed without reading it back."""
     before: dict[int, _Before] = {}
     for chunk in _chunks([a.account_id for a in actions if a.account_id is not None], _CHUNK):
-        for row in session.execute(_BEFORE, {"ids": list(chunk)}):
+        for row in select_rows(session, _BEFORE, {"ids": list(chunk)}):
             affiliation = None
             if row[_AFFILIATION_AT] is not None:
                 affiliation = dict(zip(_BEFORE_AFFILIATION, row[_AFFILIATION_AT:], strict=True))

@@ -23,7 +23,7 @@ from directory_sync.store import (
     open_store,
     sa_table,
 )
-from directory_sync.store.bulk import insert_rows, update_rows
+from directory_sync.store.bulk import insert_rows, select_rows, update_rows
 from directory_sync.store.database import SCHEMA_HEAD
 
 
@@ -198,6 +198,75 @@ def test_bulk_updates_store_exactly_what_sqlalchemy_would(database_url: str) -> 
     assert stored[0][1:2] == ("l0",) and stored[0][5] == stored[2][5]  # columns not given are left alone
     with pytest.raises(ValueError, match="cannot update"):
         update_rows(store.engine.connect(), account, "account_id", [{"nickname": "x", "account_id": 1}])
+
+
+def test_bulk_reads_give_exactly_what_sqlalchemy_gives(database_url: str) -> None:
+    """`select_rows` (a delta's reads of the rows it changes, of the new accounts' candidates) gives the
+    values SQLAlchemy gives for the same statement: dates with their time zone, JSON decoded, NULLs,
+    labels, an IN list of any length."""
+    store = open_store(database_url)
+    person, account = sa_table(Person), sa_table(Account)
+    now = datetime(2026, 11, 23, 8, 30, 15, 123456, tzinfo=UTC)
+    with store.session() as session:
+        session.add(Site(code="ch-a", name="A", finess="840000087"))
+        session.flush()
+        insert_rows(
+            session,
+            person,
+            [
+                {
+                    "id": "p1",
+                    "family_name": "Bérenguier",
+                    "status": PersonStatus.SUSPENDED,
+                    "provenance": {},
+                    "created_at": now,
+                    "updated_at": now,
+                    "suspended_at": now,
+                }
+            ],
+        )
+        insert_rows(
+            session,
+            account,
+            [
+                {
+                    "site": "ch-a",
+                    "anchor": f"uuid-{i}",
+                    "dn": f"uid=l{i},dc=a",
+                    "login": f"l{i}",
+                    "state": AccountState.ENABLED,
+                    "attributes": {"sn": "Bérenguier", "n": i, "none": None} if i else {},
+                    "fingerprint": "f",
+                    "facts": {},
+                    "first_seen_at": now,
+                    "last_changed_at": now,
+                    "linked_by": "created",
+                    "person_id": "p1",
+                }
+                for i in range(3)
+            ],
+        )
+        session.commit()
+    statement = (
+        select(
+            account.c.id,
+            account.c.attributes,
+            account.c.first_seen_at,
+            person.c.suspended_at.label("p_suspended_at"),
+            person.c.given_name,
+        )
+        .join(person, person.c.id == account.c.person_id)
+        .where(account.c.anchor.in_(bindparam("anchors", expanding=True)))
+        .order_by(account.c.id)
+    )
+    with store.session() as session:
+        for anchors in (["uuid-0"], ["uuid-0", "uuid-2", "missing"], []):
+            expected = [tuple(row) for row in session.execute(statement, {"anchors": anchors})]
+            assert select_rows(session, statement, {"anchors": anchors}) == expected
+        (got,) = select_rows(session, statement, {"anchors": ["uuid-1"]})
+        assert got == tuple(session.execute(statement, {"anchors": ["uuid-1"]}).one())
+        assert got[1] == {"sn": "Bérenguier", "n": 1, "none": None} and got[4] is None
+        assert got[2].replace(tzinfo=UTC) == now  # (SQLite keeps no time zone: SQLAlchemy reads UTC back)
 
 
 def test_bulk_inserts_refuse_rows_that_do_not_fit_the_table(tmp_path: Path) -> None:
