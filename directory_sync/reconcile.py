@@ -248,10 +248,15 @@ class LoginAllocator:
                 padded = [*chunk, *[chunk[-1]] * (_RANGES - len(chunk))]  # one statement, compiled once
                 ranges = {f"from_{i}": base for i, base in enumerate(padded)}
                 ranges.update((f"to_{i}", base + "\x7f") for i, base in enumerate(padded))
-                self.taken.update(session.execute(_LOGINS_IN_RANGES, ranges).scalars())
+                self.taken.update(row[0] for row in select_rows(session, _LOGINS_IN_RANGES, ranges))
             self._read.update(wanted)
 
 
+_PEOPLE_WITH_KEYS = (
+    select(_ACCOUNT.c.person_id)
+    .join(_KEY, _KEY.c.account_id == _ACCOUNT.c.id)
+    .where(_KEY.c.key_hash.in_(bindparam("hashes", expanding=True)))
+)
 _ACCOUNT_VALUES = select(_ACCOUNT.c.person_id, _ACCOUNT.c.site, _ACCOUNT.c.attributes)
 _ACCOUNT_VALUES_OF = _ACCOUNT_VALUES.where(_ACCOUNT.c.person_id.in_(bindparam("ids", expanding=True)))
 
@@ -272,13 +277,7 @@ class _StoredPeople:
     def people_with(self, keys: Collection[str]) -> set[str]:
         hashes = sorted({key_hash(k) for k in keys})
         with self._reads() as session:
-            return set(
-                session.execute(
-                    select(_ACCOUNT.c.person_id)
-                    .join(_KEY, _KEY.c.account_id == _ACCOUNT.c.id)
-                    .where(_KEY.c.key_hash.in_(hashes))
-                ).scalars()
-            )
+            return {row[0] for row in select_rows(session, _PEOPLE_WITH_KEYS, {"hashes": hashes})}
 
     def accounts_of(self, person_ids: Collection[str] | None) -> Iterator[tuple[str, str, Mapping[str, str]]]:
         with self._reads() as session:
@@ -408,9 +407,11 @@ class SitePlanner:
         if self._looked_up is not None:
             wanted = sorted({a.anchor for a in accounts} - self._looked_up)
             for chunk in _chunks(wanted, _CHUNK):
-                known = self.session.execute(_KNOWN_BY_ANCHOR, {"site": self.site, "anchors": list(chunk)})
-                for row in known:
-                    self._known[row.anchor] = _Known(row.id, row.fingerprint, row.person_id, row.state)
+                known = select_rows(
+                    self.session, _KNOWN_BY_ANCHOR, {"site": self.site, "anchors": list(chunk)}
+                )
+                for account_id, anchor, fingerprint, person_id, state in known:
+                    self._known[anchor] = _Known(account_id, fingerprint, person_id, state)
             self._looked_up.update(wanted)
         new = [a for a in accounts if not a.deleted and a.anchor not in self._known]
         for account in new:
