@@ -214,33 +214,31 @@ def _run_sync(
     with store.session() as session:
         context = RunContext.load(session, config)
     results = []
-    background = contextlib.ExitStack()
-    # The log's checkpoints are done beside the run's work, never inside a site's commit: writing
-    # the pages back and syncing the file took a delta's commits 40% of its time every other run.
-    background.enter_context(store.checkpoints_in_background())
-    try:
-        for index, site in enumerate(mappings):
-            result = sync_site(
-                site,
-                settings,
-                store,
-                context,
-                dry_run=dry_run,
-                allow_closures=allow_closures,
-                progress=progress,
-                full=full,
-                ahead=ahead,
-                following=mappings[index + 1] if index + 1 < len(mappings) else None,
-            )
-            if not result.ok and not dry_run:
-                with store.session() as session:  # forget what the failed site's plan put in the index
-                    context = RunContext.load(session, config)
-            results.append(result)
-    finally:
-        ahead.close()
-        if kept is None:
-            reading.close()
-        background.close()
+    # The log's checkpoints are done beside the run's work, never inside a site's commit (every other
+    # delta used to pay for writing 10,000 pages back and syncing the file; see benchmarks/README).
+    with store.checkpoints_in_background():
+        try:
+            for index, site in enumerate(mappings):
+                result = sync_site(
+                    site,
+                    settings,
+                    store,
+                    context,
+                    dry_run=dry_run,
+                    allow_closures=allow_closures,
+                    progress=progress,
+                    full=full,
+                    ahead=ahead,
+                    following=mappings[index + 1] if index + 1 < len(mappings) else None,
+                )
+                if not result.ok and not dry_run:
+                    with store.session() as session:  # forget what the failed site's plan put in the index
+                        context = RunContext.load(session, config)
+                results.append(result)
+        finally:
+            ahead.close()
+            if kept is None:
+                reading.close()
     if not dry_run:
         with store.session() as session:
             deprovision_expired(session, config.safety.grace_days, utcnow(), Actor("sync: grace period"))
