@@ -108,14 +108,12 @@ class ReadingProcess:
         self._held.pop(number, None)
 
     def messages(self, number: int, site: SiteMapping) -> Iterator[tuple[str, Any]]:
-        """The messages of read `number`, up to its end or error. The worker answers reads in the order
-        they were asked: messages of cancelled reads met on the way are dropped, those of reads asked
-        after this one are held for their turn."""
+        """The messages of read `number`, up to its end or error (then `cancel` it). The worker answers
+        reads in the order they were asked: messages of cancelled reads met on the way are dropped,
+        those of reads asked after this one are held for their turn."""
         held = self._held.pop(number, [])
-        for kind, payload in held:
-            yield kind, payload
+        yield from held
         if held and held[-1][0] != "batch":
-            self._issued.discard(number)
             return
         assert self._results is not None and self._worker is not None
         while True:
@@ -133,8 +131,6 @@ class ReadingProcess:
                 if read in self._issued:
                     self._held.setdefault(read, []).append((kind, payload))
                 continue  # else a cancelled read's
-            if kind != "batch":
-                self._issued.discard(number)
             yield kind, payload
             if kind != "batch":
                 return
@@ -229,7 +225,7 @@ class MappedReader:
                     name, url, problem = payload
                     raise _ERRORS.get(name, SyncError)(self.site.code, url, problem)
         finally:
-            self._reading.cancel(number)  # left midway: the rest is dropped, not held
+            self._reading.cancel(number)  # over (or left midway: the rest is dropped, not held)
 
     def _inline(self, since: Watermark | None) -> Iterator[MappedAccount]:
         mapper = Mapper(self.site, self.professions)

@@ -242,10 +242,9 @@ class LoginAllocator:
                 )
                 self._complete = True
                 return
-            for chunk in _chunks(
-                wanted, _RANGES
-            ):  # logins starting with a base (base2, base3...; others too)
-                padded = [*chunk, *[chunk[-1]] * (_RANGES - len(chunk))]  # one statement, compiled once
+            # Logins that start with a base (base2, base3...; others too), one statement compiled once.
+            for chunk in _chunks(wanted, _RANGES):
+                padded = [*chunk, *[chunk[-1]] * (_RANGES - len(chunk))]
                 ranges = {f"from_{i}": base for i, base in enumerate(padded)}
                 ranges.update((f"to_{i}", base + "\x7f") for i, base in enumerate(padded))
                 self.taken.update(row[0] for row in select_rows(session, _LOGINS_IN_RANGES, ranges))
@@ -351,10 +350,12 @@ class RunContext:
         return cls(config, session.get_bind(), decisions)
 
 
-#: A delta's known accounts, looked up by anchor (built once: a delta looks up every batch it reads).
-_KNOWN_BY_ANCHOR = select(
+#: A site's known accounts: all of them (a full read), or by anchor (a delta looks up every batch it
+#: reads).
+_KNOWN = select(
     _ACCOUNT.c.id, _ACCOUNT.c.anchor, _ACCOUNT.c.fingerprint, _ACCOUNT.c.person_id, _ACCOUNT.c.state
-).where(_ACCOUNT.c.site == bindparam("site"), _ACCOUNT.c.anchor.in_(bindparam("anchors", expanding=True)))
+).where(_ACCOUNT.c.site == bindparam("site"))
+_KNOWN_BY_ANCHOR = _KNOWN.where(_ACCOUNT.c.anchor.in_(bindparam("anchors", expanding=True)))
 _IDS_BY_ANCHOR = select(_ACCOUNT.c.anchor, _ACCOUNT.c.id).where(
     _ACCOUNT.c.site == bindparam("site"), _ACCOUNT.c.anchor.in_(bindparam("anchors", expanding=True))
 )
@@ -387,17 +388,15 @@ class SitePlanner:
             self.load_all()
         self._seen: set[str] = set()
 
-    def _select_known(self) -> Any:
-        return select(
-            _ACCOUNT.c.id, _ACCOUNT.c.anchor, _ACCOUNT.c.fingerprint, _ACCOUNT.c.person_id, _ACCOUNT.c.state
-        ).where(_ACCOUNT.c.site == self.site)
+    def _remember(self, known: Iterable[tuple[Any, ...]]) -> None:
+        """Keep known accounts, as `_KNOWN` reads them."""
+        for account_id, anchor, fingerprint, person_id, state in known:
+            self._known[anchor] = _Known(account_id, fingerprint, person_id, state)
 
     def load_all(self) -> None:
         """Read every known account of the site (a full read needs them all, to see who is gone)."""
-        self._known = {
-            row.anchor: _Known(row.id, row.fingerprint, row.person_id, row.state)
-            for row in self.session.execute(self._select_known())
-        }
+        self._known = {}
+        self._remember(select_rows(self.session, _KNOWN, {"site": self.site}))
         self._looked_up = None
         self.plan.known_accounts = sum(1 for k in self._known.values() if k.state != AccountState.DELETED)
 
@@ -407,11 +406,9 @@ class SitePlanner:
         if self._looked_up is not None:
             wanted = sorted({a.anchor for a in accounts} - self._looked_up)
             for chunk in _chunks(wanted, _CHUNK):
-                known = select_rows(
-                    self.session, _KNOWN_BY_ANCHOR, {"site": self.site, "anchors": list(chunk)}
+                self._remember(
+                    select_rows(self.session, _KNOWN_BY_ANCHOR, {"site": self.site, "anchors": list(chunk)})
                 )
-                for account_id, anchor, fingerprint, person_id, state in known:
-                    self._known[anchor] = _Known(account_id, fingerprint, person_id, state)
             self._looked_up.update(wanted)
         new = [a for a in accounts if not a.deleted and a.anchor not in self._known]
         for account in new:
@@ -422,9 +419,9 @@ class SitePlanner:
     def _lookup(self, anchor: str) -> _Known | None:
         if self._looked_up is not None and anchor not in self._looked_up:
             self._looked_up.add(anchor)
-            row = self.session.execute(self._select_known().where(_ACCOUNT.c.anchor == anchor)).first()
-            if row is not None:
-                self._known[anchor] = _Known(row.id, row.fingerprint, row.person_id, row.state)
+            self._remember(
+                select_rows(self.session, _KNOWN_BY_ANCHOR, {"site": self.site, "anchors": [anchor]})
+            )
         return self._known.get(anchor)
 
     def add(self, account: MappedAccount) -> None:

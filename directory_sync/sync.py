@@ -289,11 +289,9 @@ class ReadAhead:
                 full=self.full,
                 kind=site.connection.kind,
             )
-        delta = choice.since is not None and reader.supports_delta
-        reader.start(choice.since if delta else None)
-        started = self._started[site.code] = _Started(
-            reader, choice.since, delta, latest.id if latest else None
-        )
+        since = choice.since if reader.supports_delta else None
+        reader.start(since)
+        started = self._started[site.code] = _Started(reader, since, latest.id if latest else None)
         return started
 
     def take(
@@ -301,18 +299,15 @@ class ReadAhead:
         session: Session,
         site: SiteMapping,
         run_id: int | None,
-        *,
-        full_read: bool,
-        since: Watermark | None = None,
+        since: Watermark | None,
     ) -> MappedReader | None:
         """The read started for `site`, if it is still the one to use (else it is stopped): a full
-        read, or (`full_read` False) a delta from `since`."""
+        read (`since` None), or a delta from `since`."""
         started = self._started.pop(site.code, None)
         if started is None:
             return None
         latest = session.execute(_LATEST_RUN, {"site": site.code, "ours": run_id or -1}).first()
-        same_read = (not started.delta) if full_read else (started.delta and started.since == since)
-        if same_read and (latest.id if latest else None) == started.last_run:
+        if started.since == since and (latest.id if latest else None) == started.last_run:
             return started.reader
         started.reader.close()
         return None
@@ -325,13 +320,16 @@ class ReadAhead:
 
 @dataclass
 class _Started:
-    """A site's read asked for ahead: its reader, the watermark a delta reads from (`delta`), and the
-    site's latest run then (the read is used only if no other run of the site started since)."""
+    """A site's read asked for ahead: its reader, the watermark a delta reads from (None: a full read),
+    and the site's latest run then (the read is used only if no other run of the site started since)."""
 
     reader: MappedReader
     since: Watermark | None
-    delta: bool
     last_run: int | None
+
+    @property
+    def delta(self) -> bool:
+        return self.since is not None
 
 
 #: The most recent run of a site other than run `ours`.
@@ -423,7 +421,7 @@ def _sync_site(
         result.mode, result.mode_reason = choice.mode, choice.reason
         delta = choice.since is not None and reader.supports_delta
         if ahead is not None and not dry_run:
-            reader = ahead.take(session, site, run_id, full_read=not delta, since=choice.since) or reader
+            reader = ahead.take(session, site, run_id, choice.since if delta else None) or reader
         planner = SitePlanner(session, site.code, context, delta=delta)
 
         def feed(accounts: Iterable[MappedAccount]) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from directory_sync import sync
 from directory_sync.config import Settings, load_settings
+from directory_sync.delta import Watermark
 from directory_sync.errors import SourceReadIncomplete
 from directory_sync.pipeline import MappedReader, ReadingProcess
 from directory_sync.store import RunStatus, open_store
@@ -81,7 +82,7 @@ def test_a_read_started_ahead_is_dropped_when_another_run_of_the_site_came_in_be
     try:
         ahead.start(site)
         with store.session() as session:
-            reader = ahead.take(session, site, None, full_read=True)
+            reader = ahead.take(session, site, None, since=None)
         assert reader is not None
         accounts = list(reader.read_all())
         assert len(accounts) == len({a.anchor for a in accounts}) > 0
@@ -91,15 +92,16 @@ def test_a_read_started_ahead_is_dropped_when_another_run_of_the_site_came_in_be
         other = sync._start_run(store, site.code)  # another host's run of the site, meanwhile
         ours = sync._start_run(store, site.code)
         with store.session() as session:
-            assert ahead.take(session, site, ours, full_read=True) is None
+            assert ahead.take(session, site, ours, since=None) is None
             assert other < ours
             # and what the dropped read sends is not mistaken for the next read's
             again = MappedReader(site, settings.professions, reading)
             assert sorted(a.anchor for a in again.read_all()) == sorted(a.anchor for a in accounts)
 
         ahead.start(site)
-        with store.session() as session:  # the site's turn came as a delta after all: read inline
-            assert ahead.take(session, site, ours, full_read=False) is None
+        with store.session() as session:  # the site's turn came as a delta after all: not this read
+            delta = Watermark(kind="syncrepl", source="elsewhere", value="Y29va2ll")
+            assert ahead.take(session, site, ours, since=delta) is None
     finally:
         ahead.close()
         reading.close()

@@ -8,9 +8,11 @@ import sqlite3
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, create_engine, insert, select, text, update
+from sqlalchemy.orm import Session
 
 from directory_sync.errors import StoreError
 from directory_sync.store import (
@@ -132,6 +134,14 @@ def test_bulk_inserts_store_exactly_what_sqlalchemy_would(database_url: str) -> 
     assert row.attributes == {"sn": "Bérenguier\u00e9", "mail": None, "n": 0}
 
 
+def _site_and_person(session: Session, person_id: str, when: datetime, **person: Any) -> None:
+    """Site ch-a and one person (`person`: more of its columns), for a test's accounts to belong to."""
+    session.add(Site(code="ch-a", name="A", finess="840000087"))
+    session.flush()
+    row = {"id": person_id, "family_name": "Bérenguier", "created_at": when, "updated_at": when}
+    insert_rows(session, sa_table(Person), [row | person])
+
+
 def test_bulk_updates_store_exactly_what_sqlalchemy_would(database_url: str) -> None:
     """`update_rows` (a plan's updated accounts, recomputed people) sets the same text, dates, JSON and
     NULLs as `update(table)` through SQLAlchemy, on both stores, and only the columns it is given."""
@@ -141,13 +151,7 @@ def test_bulk_updates_store_exactly_what_sqlalchemy_would(database_url: str) -> 
     then = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     now = datetime(2026, 11, 23, 8, 30, 15, 123456, tzinfo=UTC)
     with store.session() as session:
-        session.add(Site(code="ch-a", name="A", finess="840000087"))
-        session.flush()
-        insert_rows(
-            session,
-            sa_table(Person),
-            [{"id": "p0", "family_name": "X", "created_at": then, "updated_at": then}],
-        )
+        _site_and_person(session, "p0", then)
         insert_rows(
             session,
             account,
@@ -208,23 +212,7 @@ def test_bulk_reads_give_exactly_what_sqlalchemy_gives(database_url: str) -> Non
     person, account = sa_table(Person), sa_table(Account)
     now = datetime(2026, 11, 23, 8, 30, 15, 123456, tzinfo=UTC)
     with store.session() as session:
-        session.add(Site(code="ch-a", name="A", finess="840000087"))
-        session.flush()
-        insert_rows(
-            session,
-            person,
-            [
-                {
-                    "id": "p1",
-                    "family_name": "Bérenguier",
-                    "status": PersonStatus.SUSPENDED,
-                    "provenance": {},
-                    "created_at": now,
-                    "updated_at": now,
-                    "suspended_at": now,
-                }
-            ],
-        )
+        _site_and_person(session, "p1", now, status=PersonStatus.SUSPENDED, suspended_at=now)
         insert_rows(
             session,
             account,

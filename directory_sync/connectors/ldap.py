@@ -231,30 +231,27 @@ class LdapConnector:
         that no longer answers (the server's idle time-out closed it, or the server restarted) is
         replaced by a new one at once, and the refresh is asked again on it."""
         self.watermark = None
-        answer = None
         conn, self._kept = self._kept, None
+        answer = None
         if conn is not None:
-            try:
-                answer = syncrepl.refresh_answer(self, conn, since)
-            except SourceReadIncomplete:
-                _close(conn)
-                conn = None
-            except BaseException:
-                _close(conn)
-                raise
-        if conn is None:
+            with contextlib.suppress(SourceReadIncomplete):  # it no longer answers (and is closed)
+                answer = self._refresh_answer(conn, since)
+        if answer is None:
             conn = self._open()
-            try:
-                answer = syncrepl.refresh_answer(self, conn, since)
-            except BaseException:
-                _close(conn)
-                raise
-        assert answer is not None
+            answer = self._refresh_answer(conn, since)
         if self.keep_connection:
             self._kept = conn
         else:
             _close(conn)
         yield from syncrepl.changed_records(self, answer, since)
+
+    def _refresh_answer(self, conn: ldap3.Connection, since: Watermark) -> syncrepl.Refresh:
+        """`syncrepl.refresh_answer` on `conn`, which is closed if that fails."""
+        try:
+            return syncrepl.refresh_answer(self, conn, since)
+        except BaseException:
+            _close(conn)
+            raise
 
     def close(self) -> None:
         """Unbind the connection kept for the next delta read, if any."""

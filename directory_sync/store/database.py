@@ -133,14 +133,18 @@ class Store:
         last checkpoints are then done while it waits for the next run), and the runs' own blocks
         inside it change nothing.
         """
-        if self.engine.dialect.name != "sqlite" or self._checkpointing:
-            self._checkpointing += 1
-            try:
-                yield
-            finally:
-                self._checkpointing -= 1
-            return
         self._checkpointing += 1
+        try:
+            if self.engine.dialect.name != "sqlite" or self._checkpointing > 1:
+                yield
+            else:
+                with self._checkpointing_thread():
+                    yield
+        finally:
+            self._checkpointing -= 1
+
+    @contextmanager
+    def _checkpointing_thread(self) -> Iterator[None]:
         checkpointer = _Checkpointer(self.engine)
 
         def no_autocheckpoint(dbapi_connection: Any, *_: Any) -> None:
@@ -159,7 +163,6 @@ class Store:
         try:
             yield
         finally:
-            self._checkpointing -= 1
             checkpointer.finish()  # its connection goes back to the pool with the usual setting
             event.remove(self.engine, "checkout", no_autocheckpoint)
             event.remove(self.engine, "checkin", autocheckpoint)
