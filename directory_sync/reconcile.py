@@ -939,8 +939,11 @@ def apply_plan(
         for a in chunk:
             row = _account_row(a, now) | {"account_id": a.account_id, "deleted_at": None}
             old = before.get(a.account_id) if a.account_id is not None else None
-            if old is not None and old.login == row["login"]:
-                del row["login"]  # an indexed column set to its own value still rewrites its index entry
+            if old is not None:  # an indexed column set to its own value still rewrites its index entry
+                if old.login == row["login"]:
+                    del row["login"]
+                if old.state == row["state"]:
+                    del row["state"]
             rows.append(row)
         _update_many(session, _ACCOUNT, "account_id", rows)
     for chunk in _chunks(closes, _CHUNK):
@@ -989,6 +992,7 @@ class _Before:
     affiliation at the account's site, and how many accounts the person has."""
 
     login: str
+    state: str
     attributes: dict[str, str]
     first_seen_at: datetime
     accounts: int
@@ -1006,6 +1010,7 @@ _BEFORE = (
     select(
         _ACCOUNT.c.id,
         _ACCOUNT.c.login,
+        _ACCOUNT.c.state,
         _ACCOUNT.c.attributes,
         _ACCOUNT.c.first_seen_at,
         select(func.count())
@@ -1024,7 +1029,7 @@ _BEFORE = (
     )
     .where(_ACCOUNT.c.id.in_(bindparam("ids", expanding=True)))
 )
-_PERSON_AT = 5  # where the person's columns start in a _BEFORE row, then the affiliation's
+_PERSON_AT = 6  # where the person's columns start in a _BEFORE row, then the affiliation's
 _AFFILIATION_AT = _PERSON_AT + len(_BEFORE_PERSON)
 
 
@@ -1040,9 +1045,10 @@ def _read_before(session: Session, actions: list[AccountAction]) -> dict[int, _B
                 affiliation = dict(zip(_BEFORE_AFFILIATION, row[_AFFILIATION_AT:], strict=True))
             before[row[0]] = _Before(
                 row[1],
-                row[2] or {},
-                row[3],
+                row[2],
+                row[3] or {},
                 row[4],
+                row[5],
                 dict(zip(_BEFORE_PERSON, row[_PERSON_AT:_AFFILIATION_AT], strict=True)),
                 affiliation,
             )

@@ -28,7 +28,7 @@ log = logging.getLogger("ght.store")
 
 #: The newest schema revision. Opening a directory already at it needs none of Alembic's machinery
 #: (about a quarter of a second per `ght` process); tests/test_store.py checks it against the migrations.
-SCHEMA_HEAD = "0009_suspended_index"
+SCHEMA_HEAD = "0010_account_state_index"
 
 
 def _alembic_config(engine: Engine) -> Config:

@@ -108,7 +108,10 @@ class Person(SQLModel, table=True):
 
 
 class Account(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("site", "anchor", name="uq_account_site_anchor"),)
+    __table_args__ = (
+        UniqueConstraint("site", "anchor", name="uq_account_site_anchor"),
+        Index("ix_account_site_state", "site", "state"),  # the closure threshold's count
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     site: str = Field(foreign_key="site.code", max_length=64)
