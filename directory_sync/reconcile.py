@@ -361,6 +361,15 @@ _IDS_BY_ANCHOR = select(_ACCOUNT.c.anchor, _ACCOUNT.c.id).where(
 )
 
 
+#: How many of a site's accounts are open, counting no further than `enough` (ix_account_site_state).
+_OPEN_ACCOUNTS = select(func.count()).select_from(
+    select(_ACCOUNT.c.id)
+    .where(_ACCOUNT.c.site == bindparam("site"), _ACCOUNT.c.state != AccountState.DELETED.value)
+    .limit(bindparam("enough"))
+    .subquery()
+)
+
+
 @dataclass(slots=True)
 class _Known:
     id: int
@@ -595,13 +604,8 @@ class SitePlanner:
         enough = safety.min_accounts_for_percent
         if safety.max_closure_percent > 0:
             enough = max(enough, math.ceil(closures * 100 / safety.max_closure_percent))
-        known = (
-            select(_ACCOUNT.c.id)
-            .where(_ACCOUNT.c.site == self.site, _ACCOUNT.c.state != AccountState.DELETED)
-            .limit(enough + 1)
-            .subquery()
-        )
-        self.plan.known_accounts = self.session.execute(select(func.count()).select_from(known)).scalar_one()
+        counted = select_rows(self.session, _OPEN_ACCOUNTS, {"site": self.site, "enough": enough + 1})
+        self.plan.known_accounts = counted[0][0]
 
     def _describe_changes(self) -> None:
         """Fill in what each update and close changes (from -> to), for the plan's reader."""
