@@ -125,6 +125,11 @@ class _Profile:
     sites: set[str] = field(default_factory=set)
 
 
+#: A probe's values without its site (`Probe.as_row`): rpps, adeli, email, given, families, birth date,
+#: profession.
+ProbeRow = tuple[str | None, str | None, str, str, tuple[str, ...], str | None, str | None]
+
+
 @dataclass(slots=True)
 class Probe:
     """An account's identifying values, normalised once before it meets the candidates."""
@@ -174,6 +179,18 @@ class Probe:
         if self.email:
             yield f"e:{self.email}"
 
+    def as_row(self) -> ProbeRow:
+        """Its values as plain tuples (cheap to send to another process), without the site."""
+        return (
+            self.rpps,
+            self.adeli,
+            self.email,
+            self.given,
+            tuple(self.families),
+            self.birth_date,
+            self.profession,
+        )
+
     def index_keys(self) -> set[str]:
         """Every key the account is filed under (worked out once: indexed, then stored)."""
         if self._keys is None:
@@ -199,13 +216,24 @@ class StoredPeople(Protocol):
         """How many accounts there are in all (to choose between looking up and reading everything)."""
         ...
 
-    def people_with(self, keys: Collection[str]) -> set[str]:
-        """The people who have an account filed under one of `keys` (a superset is fine)."""
+    def people_with(self, keys: Collection[str]) -> Iterable[tuple[str, str]]:
+        """(key, person id) for every account filed under one of `keys` (a superset is fine)."""
         ...
 
     def accounts_of(self, person_ids: Collection[str] | None) -> Iterable[tuple[str, str, Mapping[str, str]]]:
         """(person id, site, values) of every account of these people (None: of everyone)."""
         ...
+
+
+@dataclass(slots=True)
+class Found:
+    """What the directory said to a batch of accounts' lookups, read ahead by another process (see
+    `reconcile.read_lookups`): the keys looked up, the people filed under them, and the values of
+    those people's accounts, (person id, site, `Probe.as_row()`)."""
+
+    keys: set[str]
+    filed: list[tuple[str, str]]
+    accounts: list[tuple[str, str, ProbeRow]]
 
 
 class PersonIndex:
@@ -231,6 +259,9 @@ class PersonIndex:
         self._lookups = 0
         self._bulk_after: int | None = None
         self.people_read = 0  # for the run's report: how many people were read from the directory
+        #: People this run has given values to (accounts planned: updated, linked, created): what the
+        #: directory said of them before may be out of date (see `absorb`).
+        self.changed: set[str] = set()
 
     def add(
         self,
@@ -241,11 +272,31 @@ class PersonIndex:
         *,
         new: bool = False,
     ) -> None:
-        """Index one account's values under its person (`probe`: the same values, already normalised;
-        `new`: a person created in this run, of whom the directory knows nothing yet)."""
+        """Index one account's values under its person, as the run plans it (`probe`: the same values,
+        already normalised; `new`: a person created in this run, of whom the directory knows nothing
+        yet)."""
+        self.changed.add(person_id)
+        self._add(person_id, values, site, probe, new=new)
+
+    def _add(
+        self,
+        person_id: str,
+        values: Mapping[str, str],
+        site: str,
+        probe: Probe | None = None,
+        *,
+        new: bool = False,
+    ) -> None:
         probe = probe or Probe.of(values, site)
+        self._add_values(person_id, probe)
+        for key in probe.index_keys():
+            self._by_key[key].add(person_id)
+        if new:
+            self._loaded.add(person_id)
+
+    def _add_values(self, person_id: str, probe: Probe) -> None:
         profile = self.profiles[person_id]
-        profile.sites.add(site)
+        profile.sites.add(probe.site)
         if probe.rpps:
             profile.rpps.add(probe.rpps)
         if probe.adeli:
@@ -259,10 +310,6 @@ class PersonIndex:
             profile.birth_dates.add(probe.birth_date)
         if probe.profession:
             profile.professions.add(probe.profession)
-        for key in probe.index_keys():
-            self._by_key[key].add(person_id)
-        if new:
-            self._loaded.add(person_id)
 
     def candidates(self, probe: Probe) -> set[str]:
         """People who could be this account's person: sharing an id, an email, or a name key."""
@@ -286,12 +333,32 @@ class PersonIndex:
             keys |= probe.lookup_keys()
         self._fetch(keys, accounts=len(probes))
 
+    def absorb(self, found: Found) -> None:
+        """Take what the directory said to lookups read ahead (another process read them while this
+        one applied the sites before, see `reconcile.read_lookups`), as if this index had looked them
+        up itself. That read may predate the changes this run made: people this run changed keep
+        their own values (their accounts are read here, if they turn out to be candidates), as do
+        people whose accounts were read here already."""
+        if self._complete:
+            return
+        for key, person_id in found.filed:
+            self._by_key[key].add(person_id)
+        taken: set[str] = set()
+        for person_id, site, row in found.accounts:
+            if person_id not in taken and (person_id in self._loaded or person_id in self.changed):
+                continue
+            taken.add(person_id)
+            self._add_values(person_id, Probe(site, *row[:4], set(row[4]), *row[5:]))
+        self._loaded |= taken
+        self._fetched |= found.keys
+        self.people_read += len(taken)
+
     def load_everything(self) -> None:
         """Read every stored person (values already indexed stay: the index holds sets)."""
         if self._complete or self._stored is None:
             return
         for person_id, site, values in self._stored.accounts_of(None):
-            self.add(person_id, values, site)
+            self._add(person_id, values, site)
         self._complete = True
 
     def _fetch(self, keys: set[str], accounts: int = 1) -> None:
@@ -305,7 +372,11 @@ class PersonIndex:
         if self._lookups > self._bulk_after:
             self.load_everything()
             return
-        self._read(self._stored.people_with(wanted) - self._loaded)
+        found: set[str] = set()
+        for key, person_id in self._stored.people_with(wanted):
+            self._by_key[key].add(person_id)
+            found.add(person_id)
+        self._read(found - self._loaded)
         self._fetched |= wanted
 
     def _read(self, person_ids: set[str]) -> None:
@@ -313,7 +384,7 @@ class PersonIndex:
             return
         assert self._stored is not None
         for person_id, site, values in self._stored.accounts_of(person_ids):
-            self.add(person_id, values, site)
+            self._add_values(person_id, Probe.of(values, site))
         self._loaded |= person_ids
         self.people_read += len(person_ids)
 

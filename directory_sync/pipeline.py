@@ -18,19 +18,25 @@ the worker too: a delta's decoding and mapping were about a fifth of its time, a
 them for the next sites while this process applies the ones before. Where processes cannot be
 forked, every read runs inline.
 
-A scheduler (`ght sync run --every`) keeps one worker from run to run (`use` at each run): it is forked
+A scheduler (`ght sync run --every`) keeps one worker from run to run (`use` at each run): it is started
 once, in the first run, and keeps its sources' connections (a delta's LDAP connection stays bound
-between runs, see `LdapConnector.keep_connection`). It is forked again only when a site's mapping or the
-professions changed, or when it died.
+between runs, see `LdapConnector.keep_connection`). It is started again only when a site's mapping or
+the professions changed, or when it died. A scheduler's worker is a new interpreter (`spawned`), not a
+fork: it holds nothing of the scheduler (no thread, no SQLite state), so it can also look a delta's
+batches up in the directory, read-only (`reconcile.read_lookups`: the known accounts, the new
+accounts' candidates), which then reach the run beside the batches; the run only merges them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
 import os
 import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -42,6 +48,7 @@ from .errors import SourceReadIncomplete, SourceUnavailable, SyncError
 from .mapping import MappedAccount, Mapper
 
 _BATCH = 500
+_LAST = ("end", "error")  # the kinds of message that end a read ("batch" and "lookups" do not)
 _MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
 _ERRORS: dict[str, type[SyncError]] = {
     cls.__name__: cls for cls in (SyncError, SourceUnavailable, SourceReadIncomplete, WatermarkRejected)
@@ -61,11 +68,20 @@ class ReadingProcess:
     """
 
     def __init__(
-        self, sites: Sequence[SiteMapping] = (), professions: Mapping[str, str] | None = None
+        self,
+        sites: Sequence[SiteMapping] = (),
+        professions: Mapping[str, str] | None = None,
+        *,
+        spawned: bool = False,
     ) -> None:
+        """`spawned`: start the worker as a new interpreter instead of forking this one. It then holds
+        nothing of this process (SQLite's per-process state of the files it has open above all), so it
+        can also look deltas up in the directory (`request`'s `lookups_in`). Starting it costs the
+        imports (about half a second): for a worker that lives as long as a scheduler."""
+        self._spawned = spawned
         self._sites = {site.code: site for site in sites}
         self._professions = dict(professions or {})
-        self._worker: multiprocessing.process.BaseProcess | None = None
+        self._worker: multiprocessing.process.BaseProcess | _Spawned | None = None
         self._commands: multiprocessing.connection.Connection | None = None
         self._results: multiprocessing.connection.Connection | None = None
         self._next = 0
@@ -84,9 +100,13 @@ class ReadingProcess:
             self._professions = dict(professions)
         self._sites.update((site.code, site) for site in sites)
 
-    def request(self, site: SiteMapping, since: Watermark | None = None) -> int:
+    def request(
+        self, site: SiteMapping, since: Watermark | None = None, lookups_in: str | None = None
+    ) -> int:
         """Ask for `site`'s full read (or, `since` given, what changed since that watermark); returns
-        the read's number, for `messages`."""
+        the read's number, for `messages`. `lookups_in`: the URL of the directory in which a delta's
+        batches are also looked up (`reconcile.read_lookups`), sent as "lookups" messages before each
+        batch."""
         if site.code not in self._sites or self._sites[site.code] is not site:
             self._sites[site.code] = site
             self.close()  # the worker knows the sites it was forked with: fork one that knows this one
@@ -94,7 +114,10 @@ class ReadingProcess:
             self._fork()
         assert self._commands is not None
         self._next += 1
-        self._commands.send((self._next, site.code, since))
+        # A forked worker must never open the directory: SQLite keeps per-process state of each open
+        # database file (its locks, its shared memory), which a fork copies and two processes then share.
+        lookups = lookups_in if self._spawned else None
+        self._commands.send((self._next, site.code, since, lookups))
         self._issued.add(self._next)
         return self._next
 
@@ -113,7 +136,7 @@ class ReadingProcess:
         those of reads asked after this one are held for their turn."""
         held = self._held.pop(number, [])
         yield from held
-        if held and held[-1][0] != "batch":
+        if held and held[-1][0] in _LAST:
             return
         assert self._results is not None and self._worker is not None
         while True:
@@ -132,7 +155,7 @@ class ReadingProcess:
                     self._held.setdefault(read, []).append((kind, payload))
                 continue  # else a cancelled read's
             yield kind, payload
-            if kind != "batch":
+            if kind in _LAST:
                 return
 
     def close(self) -> None:
@@ -151,6 +174,9 @@ class ReadingProcess:
 
     def _fork(self) -> None:
         self.close()
+        if self._spawned:
+            self._worker, self._commands, self._results = _Spawned.start(self._sites, self._professions)
+            return
         context = multiprocessing.get_context("fork")
         commands, command_sender = context.Pipe(duplex=False)
         result_receiver, results = context.Pipe(duplex=False)
@@ -161,6 +187,66 @@ class ReadingProcess:
         commands.close()
         results.close()
         self._worker, self._commands, self._results = worker, command_sender, result_receiver
+
+
+class _Spawned:
+    """A worker started as a new interpreter (`python -c`, with the pipes' descriptors): unlike
+    multiprocessing's spawn, it does not run the parent's main script again, which a scheduler's own
+    script, written without a main guard, would not survive. Looks like a `multiprocessing.Process`
+    to `ReadingProcess`."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.pid = process.pid
+
+    @classmethod
+    def start(
+        cls, sites: dict[str, SiteMapping], professions: dict[str, str]
+    ) -> tuple[_Spawned, multiprocessing.connection.Connection, multiprocessing.connection.Connection]:
+        command_in, command_out = os.pipe()
+        result_in, result_out = os.pipe()
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from directory_sync.pipeline import _serve_spawned; _serve_spawned()",
+                str(command_in),
+                str(result_out),
+            ],
+            pass_fds=(command_in, result_out),
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        )
+        os.close(command_in)
+        os.close(result_out)
+        commands = multiprocessing.connection.Connection(command_out, readable=False)
+        results = multiprocessing.connection.Connection(result_in, writable=False)
+        commands.send((sites, professions))
+        return cls(process), commands, results
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+
+    def terminate(self) -> None:
+        self.process.terminate()
+
+
+def _serve_spawned() -> None:
+    """A spawned worker's start: its pipes from the command line, its sites as the first command."""
+    commands = multiprocessing.connection.Connection(int(sys.argv[1]), writable=False)
+    results = multiprocessing.connection.Connection(int(sys.argv[2]), readable=False)
+    try:
+        sites, professions = commands.recv()
+    except (EOFError, OSError):
+        return
+    _serve(sites, professions, commands, results)
 
 
 class MappedReader:
@@ -180,6 +266,7 @@ class MappedReader:
         self.no_watermark_reason: str | None = None
         self._reading = reading
         self._requested: int | None = None  # the number of the read asked for in advance
+        self._lookups: list[Any] = []  # `reconcile.Lookups` received and not yet taken
 
     @property
     def url(self) -> str:
@@ -195,11 +282,17 @@ class MappedReader:
     def read_changes(self, since: Watermark) -> Iterator[MappedAccount]:
         return self._read(since)
 
-    def start(self, since: Watermark | None = None) -> None:
+    def start(self, since: Watermark | None = None, lookups_in: str | None = None) -> None:
         """Have the reading process start reading the whole site now (`since` given: what changed
-        since that watermark), for a later `read_all()` (`read_changes(since)`)."""
+        since that watermark), for a later `read_all()` (`read_changes(since)`). `lookups_in`: a
+        delta's batches are also looked up in that directory (`take_lookups`)."""
         if self._reading is not None and self._requested is None and can_fork():
-            self._requested = self._reading.request(self.site, since)
+            self._requested = self._reading.request(self.site, since, lookups_in)
+
+    def take_lookups(self) -> list[Any]:
+        """The lookups the reading process made for the batches received so far (once each)."""
+        lookups, self._lookups = self._lookups, []
+        return lookups
 
     def close(self) -> None:
         """Forget a read asked for in advance and no longer wanted (what it sends is dropped)."""
@@ -219,6 +312,8 @@ class MappedReader:
             for kind, payload in self._reading.messages(number, self.site):
                 if kind == "batch":
                     yield from payload
+                elif kind == "lookups":
+                    self._lookups.append(payload)
                 elif kind == "end":
                     self.watermark, self.no_watermark_reason = payload
                 else:
@@ -256,9 +351,10 @@ def _serve(
     courier = threading.Thread(target=_send_all, args=(outbox, results), daemon=True)
     courier.start()
     connectors: dict[str, Any] = {}  # by site: a delta's connection stays bound for the next read
+    directories: dict[str, Any] = {}  # by URL: where deltas are looked up (read-only engines)
     while True:
         try:
-            number, code, since = commands.recv()
+            number, code, since, lookups_in = commands.recv()
         except (EOFError, OSError):  # the runs are over, or the parent is gone
             break
         site = sites[code]
@@ -267,10 +363,17 @@ def _serve(
             connector = connectors[code] = open_connector(site)
             if hasattr(connector, "keep_connection"):
                 connector.keep_connection = True  # kept from one delta read of the site to the next
-        _read_site(number, site, connector, professions, outbox, since)
+        directory = None
+        if lookups_in is not None and since is not None:
+            directory = directories.get(lookups_in) or directories.setdefault(
+                lookups_in, _read_only_engine(lookups_in)
+            )
+        _read_site(number, site, connector, professions, outbox, since, directory)
     for connector in connectors.values():
         if hasattr(connector, "close"):
             connector.close()
+    for engine in directories.values():
+        engine.dispose()
     outbox.put(None)
     courier.join()
 
@@ -282,18 +385,30 @@ def _read_site(
     professions: dict[str, str],
     outbox: queue.SimpleQueue[tuple[int, str, Any] | None],
     since: Watermark | None,
+    directory: Any = None,
 ) -> None:
     try:
         mapper = Mapper(site, professions)
         batch: list[MappedAccount] = []
+        new_so_far = 0
+
+        def send(batch: list[MappedAccount]) -> None:
+            nonlocal new_so_far
+            if directory is not None:
+                lookups = _lookups(directory, site, batch, new_so_far)
+                if lookups is not None:
+                    new_so_far += lookups.new
+                    outbox.put((number, "lookups", lookups))
+            outbox.put((number, "batch", batch))
+
         records = connector.read_all() if since is None else connector.read_changes(since)
         for record in records:
             batch.append(mapper.map(record))
             if len(batch) >= _BATCH:
-                outbox.put((number, "batch", batch))
+                send(batch)
                 batch = []
         if batch:
-            outbox.put((number, "batch", batch))
+            send(batch)
         end: tuple[Any, Any] = (None, None)
         if isinstance(connector, DeltaConnector):
             end = (connector.watermark, connector.no_watermark_reason)
@@ -303,6 +418,34 @@ def _read_site(
     except Exception as exc:  # a bug in a connector must still reach the parent as one clear error
         problem = f"{type(exc).__name__}: {exc}"
         outbox.put((number, "error", ("SourceReadIncomplete", site.connection.url, problem)))
+
+
+def _read_only_engine(url: str) -> Any:
+    """An engine on the directory at `url` for lookups only: SQLite connections refuse to write."""
+    from sqlalchemy import create_engine, event
+
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _read_only(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.execute("PRAGMA query_only=ON")
+            dbapi_connection.execute("PRAGMA busy_timeout=30000")
+
+    return engine
+
+
+def _lookups(directory: Any, site: SiteMapping, batch: list[MappedAccount], new_so_far: int) -> Any:
+    """`reconcile.read_lookups` for a batch, or None if the directory could not answer: the run then
+    looks the batch up itself, as it would have without a reading process."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .reconcile import read_lookups
+
+    try:
+        return read_lookups(directory, site.code, batch, new_so_far)
+    except SQLAlchemyError:
+        return None
 
 
 def _send_all(

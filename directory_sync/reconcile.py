@@ -35,7 +35,7 @@ from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from .config import CorrelationConfig, Safety, SiteInfo, Survivorship
-from .correlate import Candidate, Correlator, PersonIndex, Probe, Verdict, key_hash
+from .correlate import Candidate, Correlator, Found, PersonIndex, Probe, Verdict, key_hash
 from .mapping import MappedAccount, to_ascii
 from .store import (
     Account,
@@ -162,9 +162,9 @@ class RunReads:
     whenever another one has committed since its last read, so lookups on a second connection started
     cold after every site's commit."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, session: Session | None = None) -> None:
         self.engine = engine
-        self.session: Session | None = None  # the site's, while it is synchronised
+        self.session = session  # the site's, while it is synchronised
 
     @contextmanager
     def __call__(self) -> Iterator[Session]:
@@ -252,7 +252,7 @@ class LoginAllocator:
 
 
 _PEOPLE_WITH_KEYS = (
-    select(_ACCOUNT.c.person_id)
+    select(_KEY.c.key_hash, _ACCOUNT.c.person_id)
     .join(_KEY, _KEY.c.account_id == _ACCOUNT.c.id)
     .where(_KEY.c.key_hash.in_(bindparam("hashes", expanding=True)))
 )
@@ -273,10 +273,13 @@ class _StoredPeople:
         with self._reads() as session:
             return int(session.execute(select(func.max(_ACCOUNT.c.id))).scalar_one() or 0)
 
-    def people_with(self, keys: Collection[str]) -> set[str]:
-        hashes = sorted({key_hash(k) for k in keys})
+    def people_with(self, keys: Collection[str]) -> list[tuple[str, str]]:
+        by_hash: dict[int, list[str]] = defaultdict(list)
+        for key in keys:
+            by_hash[key_hash(key)].append(key)
         with self._reads() as session:
-            return {row[0] for row in select_rows(session, _PEOPLE_WITH_KEYS, {"hashes": hashes})}
+            rows = select_rows(session, _PEOPLE_WITH_KEYS, {"hashes": sorted(by_hash)})
+        return [(key, person_id) for hashed, person_id in rows for key in by_hash[hashed]]
 
     def accounts_of(self, person_ids: Collection[str] | None) -> Iterator[tuple[str, str, Mapping[str, str]]]:
         with self._reads() as session:
@@ -287,6 +290,50 @@ class _StoredPeople:
             for chunk in _chunks(sorted(person_ids), _CHUNK):
                 for person_id, site, attributes in select_rows(session, _ACCOUNT_VALUES_OF, {"ids": chunk}):
                     yield person_id, site, attributes or {}
+
+
+#: Read ahead for no more new accounts than this in one read (beyond, the index reads everyone anyway).
+_LOOKUPS_AHEAD = 2_000
+
+
+@dataclass(slots=True)
+class Lookups:
+    """`read_lookups`' answer for a batch: the anchors looked up and the known accounts among them (as
+    `_KNOWN` reads them), how many accounts were new, and what their candidates' lookups found."""
+
+    site: str
+    anchors: list[str]
+    known: list[tuple[Any, ...]]
+    new: int
+    found: Found
+
+
+def read_lookups(engine: Any, site: str, accounts: Sequence[MappedAccount], new_so_far: int = 0) -> Lookups:
+    """What a batch of a site's delta will look up in the directory, read on `engine` by the reading
+    process while this one applies the sites before (`pipeline`): the known accounts among them, and
+    the new ones' candidates (`PersonIndex.absorb` says why a read made earlier is safe to use).
+    `new_so_far`: new accounts read ahead already in this read (past `_LOOKUPS_AHEAD`, their
+    candidates are left to the run, whose index will have read everyone)."""
+    anchors = sorted({a.anchor for a in accounts})
+    with Session(engine) as session:
+        known = [
+            row
+            for chunk in _chunks(anchors, _CHUNK)
+            for row in select_rows(session, _KNOWN_BY_ANCHOR, {"site": site, "anchors": list(chunk)})
+        ]
+        found = Found(set(), [], [])
+        old = {row[1] for row in known}
+        new = [a for a in accounts if not a.deleted and a.anchor not in old]
+        if new and new_so_far + len(new) <= _LOOKUPS_AHEAD:
+            for account in new:
+                found.keys |= Probe.of(account.values, site).lookup_keys()
+            stored = _StoredPeople(RunReads(engine, session))
+            found.filed = stored.people_with(found.keys)
+            found.accounts = [
+                (person_id, account_site, Probe.of(values, account_site).as_row())
+                for person_id, account_site, values in stored.accounts_of({p for _, p in found.filed})
+            ]
+    return Lookups(site, anchors, known, len(new), found)
 
 
 def file_correlation_keys(connection: Any, accounts: Iterable[tuple[int, str, Mapping[str, str]]]) -> None:
@@ -409,9 +456,15 @@ class SitePlanner:
         self._looked_up = None
         self.plan.known_accounts = sum(1 for k in self._known.values() if k.state != AccountState.DELETED)
 
-    def look_up(self, accounts: Sequence[MappedAccount]) -> None:
+    def look_up(self, accounts: Sequence[MappedAccount], ahead: Sequence[Lookups] = ()) -> None:
         """Before a batch of accounts is added: read the known ones in one query (a delta; a full read
-        has them all), then the candidates of the new ones, for all of them at once."""
+        has them all), then the candidates of the new ones, for all of them at once. `ahead`: lookups
+        the reading process made already (`read_lookups`), for this batch or others of the site."""
+        for lookups in ahead:
+            if self._looked_up is not None and lookups.site == self.site:
+                self._remember(lookups.known)
+                self._looked_up.update(lookups.anchors)
+                self.context.index.absorb(lookups.found)
         if self._looked_up is not None:
             wanted = sorted({a.anchor for a in accounts} - self._looked_up)
             for chunk in _chunks(wanted, _CHUNK):

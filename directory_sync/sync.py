@@ -156,12 +156,13 @@ class KeptRuns:
       the configuration names another database);
     - its background checkpoints (`Store.checkpoints_in_background`), open for as long as the store:
       a run's last commits are checkpointed while the scheduler waits for the next run;
-    - the reading process, forked once (`pipeline.ReadingProcess.use`), whose delta connections stay
-      bound between runs.
+    - the reading process, started once (`pipeline.ReadingProcess.use`), whose delta connections stay
+      bound between runs, and which also looks each delta's batches up in the directory (the known
+      accounts, the new accounts' candidates) while the sites before are applied.
     """
 
     def __init__(self) -> None:
-        self.reading = ReadingProcess()
+        self.reading = ReadingProcess(spawned=True)  # it looks deltas up in the directory too
         self._store: Store | None = None
         self._url: str | None = None
         self._held = contextlib.ExitStack()
@@ -232,8 +233,11 @@ def _run_sync(
                     following=mappings[index + 1] if index + 1 < len(mappings) else None,
                 )
                 if not result.ok and not dry_run:
+                    changed = context.index.changed
                     with store.session() as session:  # forget what the failed site's plan put in the index
                         context = RunContext.load(session, config)
+                    # but not who the sites before it changed: lookups read ahead may predate them
+                    context.index.changed |= changed
                 results.append(result)
         finally:
             ahead.close()
@@ -261,6 +265,11 @@ class ReadAhead:
     def __init__(self, settings: Settings, store: Store, reading: ReadingProcess, *, full: bool) -> None:
         self.settings, self.store, self.reading, self.full = settings, store, reading, full
         self._started: dict[str, _Started] = {}
+        # A delta's batches are looked up in the directory by the reading process too (see
+        # `reconcile.read_lookups`), unless it cannot open the directory (one in memory).
+        url = store.engine.url
+        in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+        self._lookups_in = None if in_memory else url.render_as_string(hide_password=False)
 
     def start_run(self, sites: Sequence[SiteMapping]) -> None:
         """As a run begins: ask for the reads of its sites in their order, every delta at once (they
@@ -290,7 +299,7 @@ class ReadAhead:
                 kind=site.connection.kind,
             )
         since = choice.since if reader.supports_delta else None
-        reader.start(since)
+        reader.start(since, self._lookups_in if since is not None else None)
         started = self._started[site.code] = _Started(reader, since, latest.id if latest else None)
         return started
 
@@ -427,7 +436,9 @@ def _sync_site(
         def feed(accounts: Iterable[MappedAccount]) -> None:
             stream = iter(accounts)
             while batch := list(itertools.islice(stream, 500)):
-                planner.look_up(batch)  # a delta's known accounts, new accounts' candidates: per batch
+                # A delta's known accounts, new accounts' candidates: per batch (most of them read by the
+                # reading process already).
+                planner.look_up(batch, reader.take_lookups())
                 for account in batch:
                     planner.add(account)
                 if progress is not None:

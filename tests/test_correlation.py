@@ -14,9 +14,10 @@ import yaml
 from alembic import command
 from sqlalchemy import inspect, select, text
 
-from directory_sync.config import load_settings
-from directory_sync.correlate import PersonIndex, normalise_family, normalise_given
-from directory_sync.reconcile import LoginAllocator
+from directory_sync.config import CorrelationConfig, load_settings
+from directory_sync.correlate import PersonIndex, Probe, Verdict, normalise_family, normalise_given
+from directory_sync.mapping import MappedAccount
+from directory_sync.reconcile import LoginAllocator, RunContext, read_lookups
 from directory_sync.store import Account, AuditEvent, Person, ReviewCase, Store, open_store
 from directory_sync.store.database import _alembic_config
 from directory_sync.sync import run_sync
@@ -392,3 +393,60 @@ def test_provenance_dates_a_value_from_when_it_came_from_its_account(ght: Ght) -
     assert renamed.family_name == "Garcia-Lopez"
     assert renamed.provenance["family_name"]["since"] > first["family_name"]["since"]
     assert renamed.provenance["given_name"] == first["given_name"]
+
+
+def _newcomer(site: str, uid: str, family: str, given: str, birth_date: str) -> MappedAccount:
+    values = {"login": uid, "family_name": family, "given_name": given, "birth_date": birth_date}
+    return MappedAccount(site, uid, f"uid={uid},ou=people,dc={site},dc=fr", True, values)
+
+
+def test_lookups_read_ahead_give_the_decisions_the_run_would_have_made(tmp_path: Path) -> None:
+    """A scheduler's reading process looks a delta's new accounts up in the directory while the sites
+    before are applied (`read_lookups`); the run then decides on what that read found, for people no
+    site of the run has changed."""
+    ght = Ght(tmp_path, f"sqlite:///{tmp_path}/ght.db", ["ch-a", "ch-b"])
+    ght.put("ch-a", "cmoreau", "Moreau", "Claire", birthDate="1985-07-14", title="Médecin")
+    ght.put("ch-a", "pdurand", "Durand", "Paul", birthDate="1979-02-03")
+    ght.sync()
+    newcomers = [
+        _newcomer("ch-b", "claire.moreau", "Moreau", "Claire", "1985-07-14"),
+        _newcomer("ch-b", "paul.durand", "Durand", "Paul", "1980-01-01"),  # a namesake, born elsewhen
+    ]
+    with ght.store.session() as session:
+        looked_up = RunContext.load(session, CorrelationConfig())
+        read_here = RunContext.load(session, CorrelationConfig())
+    lookups = read_lookups(ght.store.engine, "ch-b", newcomers)
+    assert lookups.new == 2 and lookups.known == []
+    looked_up.index.absorb(lookups.found)
+    probes = [Probe.of(a.values, "ch-b") for a in newcomers]
+    read_here.index.prepare(probes)
+    decided = [looked_up.correlator.decide(p) for p in probes]
+    assert [(d.verdict, d.person_id) for d in decided] == [
+        (d.verdict, d.person_id) for d in (read_here.correlator.decide(p) for p in probes)
+    ]
+    assert decided[0].verdict == Verdict.LINK and decided[0].person_id == ght.person_of("ch-a", "cmoreau").id
+
+
+def test_lookups_read_ahead_do_not_override_what_the_run_changed(tmp_path: Path) -> None:
+    """The read ahead may predate the sites the run applied before: a person one of them changed is
+    scored on what the run knows now, not on what that read found (here the birth date was corrected
+    at ch-a; a newcomer at ch-b with the old one is another human, as a run without the read ahead
+    decides)."""
+    ght = Ght(tmp_path, f"sqlite:///{tmp_path}/ght.db", ["ch-a", "ch-b"])
+    ght.put("ch-a", "cmoreau", "Moreau", "Claire", birthDate="1985-07-14", title="Médecin")
+    ght.sync()
+    person = ght.person_of("ch-a", "cmoreau").id
+    newcomer = _newcomer("ch-b", "claire.moreau", "Moreau", "Claire", "1985-07-14")
+    lookups = read_lookups(ght.store.engine, "ch-b", [newcomer])  # before ch-a's correction
+    ght.put("ch-a", "cmoreau", "Moreau", "Claire", birthDate="1985-07-15", title="Médecin")
+    ght.sync(sites=["ch-a"])
+    with ght.store.session() as session:
+        context = RunContext.load(session, CorrelationConfig())
+        corrected = session.execute(
+            select(Account.attributes).where(Account.site == "ch-a", Account.login == "cmoreau")
+        ).scalar_one()
+    context.index.add(person, corrected, "ch-a")  # as the run planned ch-a's update
+    context.index.absorb(lookups.found)
+    decision = context.correlator.decide(Probe.of(newcomer.values, "ch-b"))
+    assert context.index.profiles[person].birth_dates == {"1985-07-15"}
+    assert decision.verdict == Verdict.NEW
