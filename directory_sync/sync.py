@@ -159,6 +159,9 @@ class KeptRuns:
     - the reading process, started once (`pipeline.ReadingProcess.use`), whose delta connections stay
       bound between runs, and which also looks each delta's batches up in the directory (the known
       accounts, the new accounts' candidates) while the sites before are applied.
+
+    A run's checkpoints wait for its end (`Store.checkpoints_held`): the scheduler does them while it
+    waits for the next run.
     """
 
     def __init__(self) -> None:
@@ -216,8 +219,10 @@ def _run_sync(
         context = RunContext.load(session, config)
     results = []
     # The log's checkpoints are done beside the run's work, never inside a site's commit (every other
-    # delta used to pay for writing 10,000 pages back and syncing the file; see benchmarks/README).
-    with store.checkpoints_in_background():
+    # delta used to pay for writing 10,000 pages back and syncing the file; see benchmarks/README); a
+    # scheduler's, once the run is over (`Store.checkpoints_held`).
+    held = store.checkpoints_held() if kept is not None else contextlib.nullcontext()
+    with store.checkpoints_in_background(), held:
         try:
             for index, site in enumerate(mappings):
                 result = sync_site(

@@ -28,6 +28,7 @@ from directory_sync.store import (
     open_store,
     sa_table,
 )
+from directory_sync.store import database as database_module
 from directory_sync.store.bulk import insert_rows, select_rows, update_rows
 from directory_sync.store.database import SCHEMA_HEAD
 
@@ -316,13 +317,50 @@ def test_background_checkpoints_nest_for_a_scheduler_holding_them_across_runs(tm
                 session.add(Site(code=f"ch-{run}", name="x" * 100_000, finess="840000087"))
                 session.commit()
             assert autocheckpoint() == 0  # still the scheduler's: the commits still leave it to the thread
-        deadline = time.monotonic() + 10
-        while True:  # the thread copies the log into the file by itself, while nothing runs
-            shutil.copyfile(tmp_path / "ght.db", tmp_path / "copy.db")
-            with sqlite3.connect(tmp_path / "copy.db") as copy, contextlib.suppress(sqlite3.DatabaseError):
-                # (a copy taken while the thread writes the file may be torn: it is taken again)
-                if copy.execute("select count(*) from site").fetchone() == (2,):
-                    break
-            assert time.monotonic() < deadline, "the log was not checkpointed in the background"
-            time.sleep(0.05)
+        _wait_for_the_file_to_hold(tmp_path / "ght.db", 2)  # copied by the thread, while nothing runs
     assert autocheckpoint() == 10_000
+
+
+def _sites_in_the_file(database: Path) -> int | None:
+    """How many sites the database file holds without its log (None: the copy caught a checkpoint
+    half-written, try again)."""
+    copy = database.with_name("copy.db")
+    shutil.copyfile(database, copy)
+    with sqlite3.connect(copy) as connection, contextlib.suppress(sqlite3.DatabaseError):
+        return int(connection.execute("select count(*) from site").fetchone()[0])
+    return None
+
+
+def _wait_for_the_file_to_hold(database: Path, sites: int) -> None:
+    deadline = time.monotonic() + 10
+    while _sites_in_the_file(database) != sites:
+        assert time.monotonic() < deadline, "the log was not checkpointed in the background"
+        time.sleep(0.05)
+
+
+def test_a_schedulers_run_holds_its_checkpoints_until_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within `checkpoints_held` (a scheduler's run) the commits stay in the log; one checkpoint after
+    the block copies them all. A log grown past the checkpoint size is checkpointed anyway, from the
+    next commit on."""
+    store = open_store(f"sqlite:///{tmp_path}/ght.db")
+    database = tmp_path / "ght.db"
+    with store.engine.connect() as connection:  # the schema, into the file
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    with store.checkpoints_in_background():
+        with store.checkpoints_held():
+            for site in range(2):
+                with store.session() as session:
+                    session.add(Site(code=f"ch-{site}", name="x" * 1000, finess="840000087"))
+                    session.commit()
+            time.sleep(0.5)  # a checkpoint after each commit takes milliseconds
+            assert _sites_in_the_file(database) == 0
+        _wait_for_the_file_to_hold(database, 2)
+        monkeypatch.setattr(database_module, "_AUTOCHECKPOINT_PAGES", 10)
+        with store.checkpoints_held(), store.session() as session:
+            session.add(Site(code="ch-large", name="x" * 100_000, finess="840000087"))  # 25 pages
+            session.commit()
+            session.add(Site(code="ch-next", name="x", finess="840000087"))  # sees the long log
+            session.commit()
+            _wait_for_the_file_to_hold(database, 4)
