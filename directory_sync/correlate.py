@@ -191,6 +191,11 @@ class Probe:
             self.profession,
         )
 
+    @classmethod
+    def from_row(cls, site: str, row: ProbeRow) -> Probe:
+        """The probe of `as_row()`, at `site`."""
+        return cls(site, row[0], row[1], row[2], row[3], set(row[4]), row[5], row[6])
+
     def index_keys(self) -> set[str]:
         """Every key the account is filed under (worked out once: indexed, then stored)."""
         if self._keys is None:
@@ -348,7 +353,7 @@ class PersonIndex:
             if person_id not in taken and (person_id in self._loaded or person_id in self.changed):
                 continue
             taken.add(person_id)
-            self._add_values(person_id, Probe(site, *row[:4], set(row[4]), *row[5:]))
+            self._add_values(person_id, Probe.from_row(site, row))
         self._loaded |= taken
         self._fetched |= found.keys
         self.people_read += len(taken)

@@ -30,6 +30,7 @@ accounts' candidates), which then reach the run beside the batches; the run only
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
@@ -48,6 +49,9 @@ from .errors import SourceReadIncomplete, SourceUnavailable, SyncError
 from .mapping import MappedAccount, Mapper
 
 _BATCH = 500
+#: A read's first batch is smaller: the run starts planning while the rest is read and looked up (the
+#: first site of a delta is what a run waits for).
+_FIRST_BATCH = 100
 _LAST = ("end", "error")  # the kinds of message that end a read ("batch" and "lookups" do not)
 _MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
 _ERRORS: dict[str, type[SyncError]] = {
@@ -277,9 +281,14 @@ class MappedReader:
         return isinstance(self.connector, DeltaConnector)
 
     def read_all(self) -> Iterator[MappedAccount]:
-        return self._read(None)
+        return (account for batch in self._read(None) for account in batch)
 
     def read_changes(self, since: Watermark) -> Iterator[MappedAccount]:
+        return (account for batch in self._read(since) for account in batch)
+
+    def batches(self, since: Watermark | None = None) -> Iterator[list[MappedAccount]]:
+        """The read (full, or since a watermark) in the batches it arrives in: each can be planned as
+        soon as it is there."""
         return self._read(since)
 
     def start(self, since: Watermark | None = None, lookups_in: str | None = None) -> None:
@@ -300,7 +309,7 @@ class MappedReader:
             self._reading.cancel(self._requested)
         self._requested = None
 
-    def _read(self, since: Watermark | None) -> Iterator[MappedAccount]:
+    def _read(self, since: Watermark | None) -> Iterator[list[MappedAccount]]:
         if self._reading is None or not can_fork():
             yield from self._inline(since)
             return
@@ -311,7 +320,7 @@ class MappedReader:
         try:
             for kind, payload in self._reading.messages(number, self.site):
                 if kind == "batch":
-                    yield from payload
+                    yield payload
                 elif kind == "lookups":
                     self._lookups.append(payload)
                 elif kind == "end":
@@ -322,12 +331,12 @@ class MappedReader:
         finally:
             self._reading.cancel(number)  # over (or left midway: the rest is dropped, not held)
 
-    def _inline(self, since: Watermark | None) -> Iterator[MappedAccount]:
+    def _inline(self, since: Watermark | None) -> Iterator[list[MappedAccount]]:
         mapper = Mapper(self.site, self.professions)
         connector = self.connector
         records = connector.read_all() if since is None else connector.read_changes(since)  # type: ignore[attr-defined]
-        for record in records:
-            yield mapper.map(record)
+        while batch := [mapper.map(record) for record in itertools.islice(records, _BATCH)]:
+            yield batch
         if isinstance(connector, DeltaConnector):
             self.watermark, self.no_watermark_reason = connector.watermark, connector.no_watermark_reason
 
@@ -391,9 +400,11 @@ def _read_site(
         mapper = Mapper(site, professions)
         batch: list[MappedAccount] = []
         new_so_far = 0
+        sent = False
 
         def send(batch: list[MappedAccount]) -> None:
-            nonlocal new_so_far
+            nonlocal new_so_far, sent
+            sent = True
             if directory is not None:
                 lookups = _lookups(directory, site, batch, new_so_far)
                 if lookups is not None:
@@ -404,7 +415,7 @@ def _read_site(
         records = connector.read_all() if since is None else connector.read_changes(since)
         for record in records:
             batch.append(mapper.map(record))
-            if len(batch) >= _BATCH:
+            if len(batch) >= (_BATCH if sent else _FIRST_BATCH):
                 send(batch)
                 batch = []
         if batch:

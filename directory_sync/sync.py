@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -438,9 +437,8 @@ def _sync_site(
             reader = ahead.take(session, site, run_id, choice.since if delta else None) or reader
         planner = SitePlanner(session, site.code, context, delta=delta)
 
-        def feed(accounts: Iterable[MappedAccount]) -> None:
-            stream = iter(accounts)
-            while batch := list(itertools.islice(stream, 500)):
+        def feed(batches: Iterable[list[MappedAccount]]) -> None:
+            for batch in batches:  # planned as they arrive
                 # A delta's known accounts, new accounts' candidates: per batch (most of them read by the
                 # reading process already).
                 planner.look_up(batch, reader.take_lookups())
@@ -452,13 +450,13 @@ def _sync_site(
         try:
             if delta and choice.since is not None:
                 try:
-                    feed(reader.read_changes(choice.since))
+                    feed(reader.batches(choice.since))
                 except WatermarkRejected as rejected:  # raised before the first record: nothing planned
                     result.mode, result.mode_reason = SyncMode.FULL, rejected.problem
                     planner.load_all()
-                    feed(reader.read_all())
+                    feed(reader.batches())
             else:
-                feed(reader.read_all())
+                feed(reader.batches())
             # Only a full read proves that an account not seen is gone; a delta closes what it reports.
             plan = planner.finish(complete=result.mode == SyncMode.FULL, describe=dry_run)
         except SyncError as exc:
