@@ -280,28 +280,31 @@ class ReadAhead:
         are small; the reading process reads each while the sites before it are applied), up to and
         including the first full read (large: the sites after it are started one at a time, `start`,
         as the sites before them are applied)."""
-        for site in sites:
-            started = self.start(site)
-            if started is None or not started.delta:
-                return
+        with self.store.session() as session:
+            for site in sites:
+                started = self.start(site, session)
+                if started is None or not started.delta:
+                    return
 
-    def start(self, site: SiteMapping) -> _Started | None:
+    def start(self, site: SiteMapping, session: Session | None = None) -> _Started | None:
         """Start `site`'s read (unless it is started already, or a run of the site is under way
-        elsewhere)."""
+        elsewhere). `session`: where to read the site's last run and watermark (else one of its own)."""
         if site.code in self._started:
             return self._started[site.code]
+        if session is None:
+            with self.store.session() as own:
+                return self.start(site, own)
         reader = MappedReader(site, self.settings.professions, self.reading)
-        with self.store.session() as session:
-            latest = session.execute(_LATEST_RUN, {"site": site.code, "ours": -1}).first()
-            if latest is not None and latest.status == RunStatus.RUNNING:
-                return None  # under way elsewhere (or interrupted): the run will see to it
-            choice = choose_mode(
-                load_watermark(session, site.code),
-                mapping_scope(site),
-                supports_delta=reader.supports_delta,
-                full=self.full,
-                kind=site.connection.kind,
-            )
+        latest = session.execute(_LATEST_RUN, {"site": site.code, "ours": -1}).first()
+        if latest is not None and latest.status == RunStatus.RUNNING:
+            return None  # under way elsewhere (or interrupted): the run will see to it
+        choice = choose_mode(
+            load_watermark(session, site.code),
+            mapping_scope(site),
+            supports_delta=reader.supports_delta,
+            full=self.full,
+            kind=site.connection.kind,
+        )
         since = choice.since if reader.supports_delta else None
         reader.start(since, self._lookups_in if since is not None else None)
         started = self._started[site.code] = _Started(reader, since, latest.id if latest else None)

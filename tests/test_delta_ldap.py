@@ -380,7 +380,7 @@ def test_a_delta_sent_ahead_gives_the_same_directory_as_deltas_read_in_turn(
     in_turn = configure_two(two_sites, tmp_path / "in-turn", f"sqlite:///{tmp_path}/in-turn.db")
     run_sync(*ahead)
     with monkeypatch.context() as patched:
-        patched.setattr(ReadAhead, "start", lambda self, site, **options: None)
+        patched.setattr(ReadAhead, "start", lambda self, site, *_, **options: None)
         run_sync(*in_turn)
     for round_ in (1, 2):
         change_both(two_sites, round_)
@@ -391,7 +391,7 @@ def test_a_delta_sent_ahead_gives_the_same_directory_as_deltas_read_in_turn(
         assert taken == [SITE, "ch-orange"]
         assert [(r.created, r.updated, r.closed) for r in results] == [(1, 1, 0), (1, 1, 1)]
         with monkeypatch.context() as patched:
-            patched.setattr(ReadAhead, "start", lambda self, site, **options: None)
+            patched.setattr(ReadAhead, "start", lambda self, site, *_, **options: None)
             assert [r.mode for r in run_sync(*in_turn)] == ["delta", "delta"]
         assert_same_directory(ahead[1], in_turn[1])
 

@@ -60,7 +60,7 @@ def test_sites_read_ahead_give_the_same_directory_as_sites_read_in_turn(
     assert [r.status for r in results] == [RunStatus.SUCCEEDED] * 3
     assert taken == [r.site for r in results]  # every site was read ahead (the first as the run began)
 
-    monkeypatch.setattr(sync.ReadAhead, "start", lambda self, site, **options: None)
+    monkeypatch.setattr(sync.ReadAhead, "start", lambda self, site, *_, **options: None)
     in_turn = synthetic_ght(tmp_path / "in-turn")
     in_turn_store = open_store(in_turn.database_url)
     sync.run_sync(in_turn, in_turn_store)
