@@ -168,8 +168,13 @@ def source_reads(config: Path, work: Path) -> dict[str, Any]:
     """The connectors alone, in this process: every site's delta read from its stored watermark, then
     its full read (no mapping, no store): what the delta mechanism itself costs against a full read."""
     settings = load_settings(config)
-    with open_store(f"sqlite:///{work}/bench.db").session() as session:
+    store = open_store(f"sqlite:///{work}/bench.db")
+    with store.session() as session:
         stored = {w.site: w for w in session.execute(select(SiteWatermark)).scalars()}
+    # Closed before the files are copied: closing any descriptor of a file drops all of this process's
+    # POSIX locks on it, a connection left open here would lose its own, and its SQLite would read the
+    # next runs' log through a stale view ("database disk image is malformed").
+    store.engine.dispose()
     delta_records = full_records = 0
     delta_seconds = full_seconds = 0.0
     for site in settings.load_sites():

@@ -374,15 +374,16 @@ def _serve(
                 connector.keep_connection = True  # kept from one delta read of the site to the next
         directory = None
         if lookups_in is not None and since is not None:
-            directory = directories.get(lookups_in) or directories.setdefault(
-                lookups_in, _read_only_engine(lookups_in)
-            )
+            if lookups_in not in directories:
+                directories[lookups_in] = _read_only_engine(lookups_in)
+            directory = directories[lookups_in]
         _read_site(number, site, connector, professions, outbox, since, directory)
     for connector in connectors.values():
         if hasattr(connector, "close"):
             connector.close()
     for engine in directories.values():
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
     outbox.put(None)
     courier.join()
 
@@ -432,10 +433,14 @@ def _read_site(
 
 
 def _read_only_engine(url: str) -> Any:
-    """An engine on the directory at `url` for lookups only: SQLite connections refuse to write."""
+    """An engine on the directory at `url` for lookups only (SQLite connections refuse to write), or
+    None if none can be made here: the runs then look their batches up themselves."""
     from sqlalchemy import create_engine, event
 
-    engine = create_engine(url)
+    try:
+        engine = create_engine(url)
+    except Exception:  # a driver this process cannot load, say: lookups are only a head start
+        return None
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")

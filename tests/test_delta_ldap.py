@@ -29,6 +29,7 @@ from directory_sync.connectors.syncrepl import (
     decode_sync_info,
     decode_sync_state,
 )
+from directory_sync.correlate import PersonIndex
 from directory_sync.pipeline import ReadingProcess
 from directory_sync.reconcile import RunContext
 from directory_sync.store import Account, SiteWatermark, Store, open_store
@@ -529,6 +530,44 @@ def test_a_schedulers_bound_connection_lost_to_a_server_restart_is_replaced(
         assert all(r.ok for r in run_sync(*fresh))
         assert_same_directory(kept.store(settings.database_url), fresh[1])
     assert worker is not None and not worker.is_alive()  # ended with the scheduler
+
+
+@pytest.mark.parametrize("lookups_in", [None, "sqlite:////nonexistent/ght.db"], ids=["ahead", "nowhere"])
+def test_a_schedulers_deltas_are_looked_up_by_its_reading_process_or_else_by_the_run(
+    two_sites: SlapdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lookups_in: str | None
+) -> None:
+    """A scheduler's reading process looks each delta up in the directory, and the run merges what it
+    found. When that process cannot open the directory, the run looks the deltas up on its own: either
+    way the directory is the one a run without a scheduler gives."""
+    settings, _ = configure_two(two_sites, tmp_path, f"sqlite:///{tmp_path}/ght.db")
+    fresh = configure_two(two_sites, tmp_path / "fresh", f"sqlite:///{tmp_path}/fresh.db")
+    with KeptRuns() as kept:
+        kept.run(settings)
+        run_sync(*fresh)
+        if lookups_in is not None:
+            original = ReadAhead.__init__
+
+            def pointing_nowhere(self: ReadAhead, *args: Any, **options: Any) -> None:
+                original(self, *args, **options)
+                self._lookups_in = lookups_in
+
+            monkeypatch.setattr(ReadAhead, "__init__", pointing_nowhere)
+        absorbed: list[Any] = []
+        monkeypatch.setattr(PersonIndex, "absorb", _recording(PersonIndex.absorb, absorbed))
+        change_both(two_sites, 1)
+        results = kept.run(settings)
+        assert [(r.mode, r.status, r.created) for r in results] == [("delta", "succeeded", 1)] * 2
+        assert bool(absorbed) == (lookups_in is None)
+        assert [r.mode for r in run_sync(*fresh)] == ["delta", "delta"]
+        assert_same_directory(kept.store(settings.database_url), fresh[1])
+
+
+def _recording(method: Any, calls: list[Any]) -> Any:
+    def recorded(self: Any, *args: Any) -> Any:
+        calls.append(args)
+        return method(self, *args)
+
+    return recorded
 
 
 def test_a_connector_keeping_its_connection_reads_its_deltas_on_it(
