@@ -218,6 +218,7 @@ class _Spawned:
                 str(result_out),
             ],
             pass_fds=(command_in, result_out),
+            stdin=subprocess.DEVNULL,  # a scheduler's own input is not the worker's
             env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
         )
         os.close(command_in)
