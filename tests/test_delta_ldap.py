@@ -534,12 +534,16 @@ def test_a_schedulers_bound_connection_lost_to_a_server_restart_is_replaced(
 
 @pytest.mark.parametrize("lookups_in", [None, "sqlite:////nonexistent/ght.db"], ids=["ahead", "nowhere"])
 def test_a_schedulers_deltas_are_looked_up_by_its_reading_process_or_else_by_the_run(
-    two_sites: SlapdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lookups_in: str | None
+    two_sites: SlapdServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lookups_in: str | None,
+    database_url: str,
 ) -> None:
-    """A scheduler's reading process looks each delta up in the directory, and the run merges what it
-    found. When that process cannot open the directory, the run looks the deltas up on its own: either
-    way the directory is the one a run without a scheduler gives."""
-    settings, _ = configure_two(two_sites, tmp_path, f"sqlite:///{tmp_path}/ght.db")
+    """A scheduler's reading process looks each delta up in the directory (SQLite or PostgreSQL), and
+    the run merges what it found. When that process cannot open the directory, the run looks the
+    deltas up on its own: either way the directory is the one a run without a scheduler gives."""
+    settings, _ = configure_two(two_sites, tmp_path, database_url)
     fresh = configure_two(two_sites, tmp_path / "fresh", f"sqlite:///{tmp_path}/fresh.db")
     with KeptRuns() as kept:
         kept.run(settings)
