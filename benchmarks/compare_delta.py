@@ -32,40 +32,26 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sync_delta import _SCHEDULER, _config, ldap_changes  # noqa: E402
+from benchmarks.sync_delta import Scheduler, _config, environment, ldap_changes  # noqa: E402
 from directory_sync.synthetic import generate  # noqa: E402
 from tests.ad_sites import differences  # noqa: E402
 from tests.servers.slapd import Suffix, start_slapd  # noqa: E402
 
 
 class Checkout:
-    """A scheduler process running one checkout's code on its own copy of the directory."""
+    """A scheduler (`sync_delta.Scheduler`) running one checkout's code on its own copy of the
+    directory, upgraded to that code's schema."""
 
     def __init__(self, path: Path, config: Path, database: Path) -> None:
         self.path, self.database = path, database
         self.seconds: list[float] = []
-        self.cpu: list[float] = []
         _ght(path, config, database, "db", "upgrade")
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _SCHEDULER, str(config)],
-            cwd=path,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_environment(path, database),
-        )
+        self.scheduler = Scheduler(config, database, "delta", checkout=path)
+        self.process = self.scheduler.process
+        self.cpu = self.scheduler.cpu
 
     def run(self) -> None:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write("delta\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise SystemExit(f"{self.path}: the scheduler failed: {self.process.communicate()[1][-2000:]}")
-        figures = json.loads(line)
-        self.seconds.append(figures["seconds"])
-        self.cpu.append(figures["cpu"])
+        self.seconds.append(self.scheduler.run()[0])
 
     def threads(self) -> dict[str, int]:
         """CPU ticks used so far by the scheduler's threads and its children's ("pid/tid name")."""
@@ -82,13 +68,7 @@ class Checkout:
         return ticks
 
     def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait(timeout=120)
-
-
-def _environment(path: Path, database: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(path), "GHT_DATABASE_URL": f"sqlite:///{database}"}
+        self.scheduler.close()
 
 
 def _ght(path: Path, config: Path, database: Path, *arguments: str) -> None:
@@ -97,7 +77,7 @@ def _ght(path: Path, config: Path, database: Path, *arguments: str) -> None:
         cwd=path,
         check=True,
         capture_output=True,
-        env=_environment(path, database),
+        env=environment(path, database),
     )
 
 
@@ -184,7 +164,7 @@ def snapshot(scheduler: Checkout) -> dict[str, Any]:
         check=True,
         capture_output=True,
         text=True,
-        env=_environment(scheduler.path, scheduler.database),
+        env=environment(scheduler.path, scheduler.database),
     )
     result: dict[str, Any] = json.loads(done.stdout)
     return result

@@ -65,6 +65,11 @@ from tests.servers.slapd import SlapdServer, Suffix, start_slapd  # noqa: E402
 MODIFIED, ADDED = 0.70, 0.15  # the rest of the changed accounts are deleted
 
 
+def environment(checkout: Path, database: Path) -> dict[str, str]:
+    """What a `ght` process runs with: the code of `checkout`, the directory `database`."""
+    return {**os.environ, "PYTHONPATH": str(checkout), "GHT_DATABASE_URL": f"sqlite:///{database}"}
+
+
 def ght_sync(config: Path, database: Path, *options: str) -> tuple[dict[str, Any], float]:
     """`ght sync run --json` as its own process on `database`: (result, wall-clock seconds)."""
     started = time.perf_counter()
@@ -83,7 +88,7 @@ def ght_sync(config: Path, database: Path, *options: str) -> tuple[dict[str, Any
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "GHT_DATABASE_URL": f"sqlite:///{database}"},
+        env=environment(ROOT, database),
     )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
@@ -114,17 +119,18 @@ class Scheduler:
     """A process that runs syncs on command as `ght sync run --every` runs them: the configuration read
     again and the run itself on the clock; the store, its checkpoints and the reading process kept."""
 
-    def __init__(self, config: Path, database: Path, mode: str) -> None:
+    def __init__(self, config: Path, database: Path, mode: str, checkout: Path = ROOT) -> None:
+        """`checkout`: the code it runs (this one by default; `compare_delta.py` runs others)."""
         self.mode = mode
         self.cpu: list[float] = []  # the main thread's CPU time of each run
         self.process = subprocess.Popen(
             [sys.executable, "-c", _SCHEDULER, str(config)],
-            cwd=ROOT,
+            cwd=checkout,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "GHT_DATABASE_URL": f"sqlite:///{database}"},
+            env=environment(checkout, database),
         )
 
     def run(self) -> tuple[float, list[str]]:

@@ -281,18 +281,10 @@ class PersonIndex:
         already normalised; `new`: a person created in this run, of whom the directory knows nothing
         yet)."""
         self.changed.add(person_id)
-        self._add(person_id, values, site, probe, new=new)
+        self._add(person_id, probe or Probe.of(values, site), new=new)
 
-    def _add(
-        self,
-        person_id: str,
-        values: Mapping[str, str],
-        site: str,
-        probe: Probe | None = None,
-        *,
-        new: bool = False,
-    ) -> None:
-        probe = probe or Probe.of(values, site)
+    def _add(self, person_id: str, probe: Probe, *, new: bool = False) -> None:
+        """Index the values and file the keys of one account of `person_id`."""
         self._add_values(person_id, probe)
         for key in probe.index_keys():
             self._by_key[key].add(person_id)
@@ -363,7 +355,7 @@ class PersonIndex:
         if self._complete or self._stored is None:
             return
         for person_id, site, values in self._stored.accounts_of(None):
-            self._add(person_id, values, site)
+            self._add(person_id, Probe.of(values, site))
         self._complete = True
 
     def _fetch(self, keys: set[str], accounts: int = 1) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
@@ -47,6 +48,8 @@ from .connectors import DeltaConnector, open_connector
 from .delta import Watermark, WatermarkRejected
 from .errors import SourceReadIncomplete, SourceUnavailable, SyncError
 from .mapping import MappedAccount, Mapper
+
+log = logging.getLogger("ght.sync")
 
 _BATCH = 500
 #: A read's first batch is smaller: the run starts planning while the rest is read and looked up (the
@@ -440,7 +443,10 @@ def _read_only_engine(url: str) -> Any:
 
     try:
         engine = create_engine(url)
-    except Exception:  # a driver this process cannot load, say: lookups are only a head start
+    except Exception as exc:  # a driver this process cannot load, say: lookups are only a head start
+        # (only the error's kind: its text may quote the URL, and the URL may hold a password)
+        name = type(exc).__name__
+        log.warning("the reading process cannot open the directory (%s): the runs look deltas up", name)
         return None
     if engine.dialect.name == "sqlite":
 
@@ -461,7 +467,11 @@ def _lookups(directory: Any, site: SiteMapping, batch: list[MappedAccount], new_
 
     try:
         return read_lookups(directory, site.code, batch, new_so_far)
-    except SQLAlchemyError:
+    except SQLAlchemyError as exc:
+        problem = getattr(exc, "orig", None) or type(exc).__name__  # the driver's words, not the SQL
+        log.warning(
+            "%s: the reading process could not look a batch up (%s): the run will", site.code, problem
+        )
         return None
 
 

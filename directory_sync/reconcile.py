@@ -25,7 +25,7 @@ import functools
 import math
 import re
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -316,14 +316,9 @@ def read_lookups(engine: Any, site: str, accounts: Sequence[MappedAccount], new_
     candidates are left to the run, whose index will have read everyone)."""
     anchors = sorted({a.anchor for a in accounts})
     with Session(engine) as session:
-        known = [
-            row
-            for chunk in _chunks(anchors, _CHUNK)
-            for row in select_rows(session, _KNOWN_BY_ANCHOR, {"site": site, "anchors": list(chunk)})
-        ]
+        known = _known_by_anchor(session, site, anchors)
         found = Found(set(), [], [])
-        old = {row[1] for row in known}
-        new = [a for a in accounts if not a.deleted and a.anchor not in old]
+        new = _new_accounts(accounts, {row[1] for row in known})
         if new and new_so_far + len(new) <= _LOOKUPS_AHEAD:
             for account in new:
                 found.keys |= Probe.of(account.values, site).lookup_keys()
@@ -417,6 +412,20 @@ _OPEN_ACCOUNTS = select(func.count()).select_from(
 )
 
 
+def _known_by_anchor(session: Session, site: str, anchors: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The site's known accounts among `anchors`, as `_KNOWN` reads them."""
+    return [
+        row
+        for chunk in _chunks(anchors, _CHUNK)
+        for row in select_rows(session, _KNOWN_BY_ANCHOR, {"site": site, "anchors": list(chunk)})
+    ]
+
+
+def _new_accounts(accounts: Iterable[MappedAccount], known: Container[str]) -> list[MappedAccount]:
+    """The accounts to correlate: neither deleted nor known (by anchor)."""
+    return [a for a in accounts if not a.deleted and a.anchor not in known]
+
+
 @dataclass(slots=True)
 class _Known:
     id: int
@@ -467,12 +476,9 @@ class SitePlanner:
                 self.context.index.absorb(lookups.found)
         if self._looked_up is not None:
             wanted = sorted({a.anchor for a in accounts} - self._looked_up)
-            for chunk in _chunks(wanted, _CHUNK):
-                self._remember(
-                    select_rows(self.session, _KNOWN_BY_ANCHOR, {"site": self.site, "anchors": list(chunk)})
-                )
+            self._remember(_known_by_anchor(self.session, self.site, wanted))
             self._looked_up.update(wanted)
-        new = [a for a in accounts if not a.deleted and a.anchor not in self._known]
+        new = _new_accounts(accounts, self._known)
         for account in new:
             self._probes[account.anchor] = Probe.of(account.values, self.plan.site)
         self.context.index.prepare([self._probes[a.anchor] for a in new])
@@ -481,9 +487,7 @@ class SitePlanner:
     def _lookup(self, anchor: str) -> _Known | None:
         if self._looked_up is not None and anchor not in self._looked_up:
             self._looked_up.add(anchor)
-            self._remember(
-                select_rows(self.session, _KNOWN_BY_ANCHOR, {"site": self.site, "anchors": [anchor]})
-            )
+            self._remember(_known_by_anchor(self.session, self.site, [anchor]))
         return self._known.get(anchor)
 
     def add(self, account: MappedAccount) -> None:

@@ -110,8 +110,7 @@ class Store:
             raise StoreError(f"database URL {url!r} is not usable: {exc}") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._checkpointing = 0  # how many checkpoints_in_background blocks are open
-        self._checkpointer: _Checkpointer | None = None  # the thread, while one runs
+        self._checkpointer: _Checkpointer | None = None  # the thread, while one runs (blocks nest)
         self._held = 0  # how many checkpoints_held blocks are open
 
     @property
@@ -136,15 +135,11 @@ class Store:
         last checkpoints are then done while it waits for the next run), and the runs' own blocks
         inside it change nothing.
         """
-        self._checkpointing += 1
-        try:
-            if self.engine.dialect.name != "sqlite" or self._checkpointing > 1:
-                yield
-            else:
-                with self._checkpointing_thread():
-                    yield
-        finally:
-            self._checkpointing -= 1
+        if self.engine.dialect.name != "sqlite" or self._checkpointer is not None:
+            yield
+            return
+        with self._checkpointing_thread():
+            yield
 
     @contextmanager
     def checkpoints_held(self) -> Iterator[None]:
